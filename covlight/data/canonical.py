@@ -1,0 +1,176 @@
+"""The canonical dataset folder: the one layout everything downstream of `prepare` reads.
+
+    <root>/images/<case>.nii.gz   float32, 0..255 (HU windowed to [-1250, 250] and scaled)
+    <root>/labels/<case>.nii.gz   uint8, canonical values (0 bg, 1 left lung, 2 right lung, 3 infection)
+    <root>/dataset.json           written last: its presence marks the folder complete
+
+Arrays are in nibabel's (x, y, z) order, RAS+ orientation; spacing in the same order (mm).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+FORMAT_VERSION = 1
+LABELS = {"background": 0, "left_lung": 1, "right_lung": 2, "infection": 3}
+INTENSITY_KINDS = ("hu", "window_0_255", "8bit")
+HU_WINDOW = (-1250.0, 250.0)
+
+
+class DatasetError(RuntimeError):
+    """A dataset folder or file is missing or malformed; the message names the file and the fix."""
+
+
+def hu_to_0_255(hu: np.ndarray) -> np.ndarray:
+    """Window HU to [-1250, 250] and scale to [0, 255] (the benchmark's recommendation), float32."""
+    low, high = HU_WINDOW
+    return ((np.clip(hu.astype(np.float32), low, high) - low) * (255.0 / (high - low))).astype(np.float32)
+
+
+def affine_from_spacing(spacing) -> np.ndarray:
+    """A canonical (RAS+, positive diagonal) affine for the given voxel spacing."""
+    affine = np.eye(4)
+    affine[0, 0], affine[1, 1], affine[2, 2] = (float(s) for s in spacing)
+    return affine
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+    """Write a NIfTI file under a temporary name and rename it when whole, so no half-file looks complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
+    image = nib.Nifti1Image(array, affine)
+    image.header.set_xyzt_units("mm")
+    nib.save(image, tmp)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
+    tmp.write_text(json.dumps(payload, indent=1, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def write_case(
+    root: Path,
+    case_id: str,
+    image: np.ndarray,
+    label: np.ndarray | None,
+    affine: np.ndarray,
+    intensity: str,
+) -> dict:
+    """Write one case (image already 0..255) and return its `dataset.json` entry."""
+    if intensity not in INTENSITY_KINDS:
+        raise ValueError(f"intensity kind {intensity!r} is not one of {INTENSITY_KINDS}")
+    root = Path(root)
+    image_path = root / "images" / f"{case_id}.nii.gz"
+    save_nifti(image_path, np.asarray(image, dtype=np.float32), affine)
+    entry = {
+        "shape": [int(n) for n in image.shape],
+        "spacing": [round(float(s), 6) for s in nib.affines.voxel_sizes(affine)],
+        "intensity": intensity,
+        "image_sha256": sha256_of(image_path),
+    }
+    if label is not None:
+        if label.shape != image.shape:
+            raise DatasetError(f"{case_id}: label shape {label.shape} differs from image shape {image.shape}")
+        label_path = root / "labels" / f"{case_id}.nii.gz"
+        save_nifti(label_path, np.asarray(label, dtype=np.uint8), affine)
+        entry["label_sha256"] = sha256_of(label_path)
+    return entry
+
+
+def write_dataset_json(root: Path, name: str, cases: dict, annotated: list[str], **extra) -> Path:
+    """Write `dataset.json` last, atomically: it marks the folder complete."""
+    unknown = [s for s in annotated if s not in LABELS or s == "background"]
+    if unknown:
+        raise ValueError(f"unknown structures {unknown}; known: {list(LABELS)[1:]}")
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        **extra,
+        "labels": LABELS,
+        "annotated": list(annotated),
+        "cases": cases,
+    }
+    path = Path(root) / "dataset.json"
+    write_json_atomic(path, payload)
+    return path
+
+
+@dataclass
+class CanonicalDataset:
+    """A canonical dataset folder as read from its `dataset.json`."""
+
+    root: Path
+    name: str
+    annotated: list[str]
+    cases: dict[str, dict]
+    meta: dict = field(default_factory=dict)
+
+    def image_path(self, case_id: str) -> Path:
+        return self.root / "images" / f"{case_id}.nii.gz"
+
+    def label_path(self, case_id: str) -> Path:
+        return self.root / "labels" / f"{case_id}.nii.gz"
+
+    def has_label(self, case_id: str) -> bool:
+        return "label_sha256" in self.cases[case_id]
+
+    def require(self, case_ids, what: str = "the split") -> None:
+        """Fail with one clear message when `case_ids` name cases this dataset does not hold."""
+        missing = [c for c in case_ids if c not in self.cases]
+        if missing:
+            raise DatasetError(
+                f"{self.root / 'dataset.json'} has no case(s) {missing[:5]}{' ...' if len(missing) > 5 else ''} "
+                f"named by {what}. Import the missing cases (python -m covlight.prepare ...) or point "
+                f"data.root at the right dataset folder."
+            )
+        for case_id in case_ids:
+            if not self.image_path(case_id).is_file():
+                raise DatasetError(
+                    f"{self.image_path(case_id)} is listed in {self.root / 'dataset.json'} but missing on disk. "
+                    "Re-run the import for this dataset."
+                )
+
+
+def read_dataset(root: Path) -> CanonicalDataset:
+    """Read a canonical dataset folder, with one clear error when it is missing or incomplete."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(
+            f"dataset folder {root} does not exist. Create it with `python -m covlight.prepare ...` "
+            f"(real data) or `python -m covlight.phantoms --out {root}` (synthetic), or set data.root."
+        )
+    path = root / "dataset.json"
+    if not path.is_file():
+        raise DatasetError(
+            f"{path} is missing: {root} is not a complete canonical dataset (an import may have been "
+            "interrupted). Re-run the import, which resumes where it stopped."
+        )
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{path} is not valid JSON ({error}). Re-run the import with --force.") from None
+    for key in ("name", "annotated", "cases"):
+        if key not in meta:
+            raise DatasetError(f"{path} has no '{key}' entry. Re-run the import with --force.")
+    return CanonicalDataset(root=root, name=meta["name"], annotated=list(meta["annotated"]),
+                            cases=dict(meta["cases"]), meta=meta)
