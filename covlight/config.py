@@ -1,0 +1,215 @@
+"""Hydra plumbing: where the configs live, the `experiment` group, run identity, and valid combinations.
+
+Importing this module registers the `covlight.*` OmegaConf resolvers and the config source that serves the
+top-level `experiments/` folder as Hydra's `experiment` group.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+
+from hydra.core.object_type import ObjectType
+from hydra.core.plugins import Plugins
+from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSource
+from omegaconf import DictConfig, OmegaConf
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+STATUS_FILE = "status.json"
+
+
+class ConfigError(ValueError):
+    """An invalid combination or value in the composed config; the message says how to fix it."""
+
+
+def _shipped_dir(name: str) -> Path:
+    """`conf/` or `experiments/` at the top of a checkout (editable install), else the copy in the wheel."""
+    checkout = PACKAGE_DIR.parent / name
+    return checkout if checkout.is_dir() else PACKAGE_DIR / name
+
+
+def conf_dir() -> Path:
+    return _shipped_dir("conf")
+
+
+def experiments_dir() -> Path:
+    return _shipped_dir("experiments")
+
+
+class ExperimentsConfigSource(ConfigSource):
+    """Serves `experiments/*.yaml` as the `experiment` config group (a recipe = one YAML file)."""
+
+    GROUP = "experiment"
+
+    @staticmethod
+    def scheme() -> str:
+        return "covlight-experiments"
+
+    def _real_path(self, config_path: str) -> Path | None:
+        parts = config_path.strip("/").split("/", 1)
+        if parts[0] != self.GROUP:
+            return None
+        root = Path(self.path) if self.path else experiments_dir()
+        return root.joinpath(*parts[1:]) if len(parts) > 1 else root
+
+    def load_config(self, config_path: str) -> ConfigResult:
+        path = self._real_path(self._normalize_file_name(config_path))
+        if path is None or not path.is_file():
+            raise ConfigLoadError(f"Config not found: {config_path}")
+        text = path.read_text(encoding="utf-8")
+        return ConfigResult(
+            config=OmegaConf.create(text) if text.strip() else OmegaConf.create(),
+            path=f"{self.scheme()}://{self.path}",
+            provider=self.provider,
+            header=ConfigSource._get_header_dict(text[:512]),
+        )
+
+    def available(self) -> bool:
+        return (Path(self.path) if self.path else experiments_dir()).is_dir()
+
+    def is_group(self, config_path: str) -> bool:
+        if config_path.strip("/") == "":
+            return True
+        path = self._real_path(config_path)
+        return path is not None and path.is_dir()
+
+    def is_config(self, config_path: str) -> bool:
+        path = self._real_path(self._normalize_file_name(config_path))
+        return path is not None and path.is_file()
+
+    def list(self, config_path: str, results_filter: ObjectType | None) -> list[str]:
+        if config_path.strip("/") == "":
+            return [self.GROUP] if results_filter in (None, ObjectType.GROUP) else []
+        path = self._real_path(config_path)
+        files: list[str] = []
+        if path is None or not path.is_dir():
+            return files
+        for entry in sorted(os.listdir(path)):
+            self._list_add_result(files=files, file_path=f"{config_path}/{entry}", file_name=entry,
+                                  results_filter=results_filter)
+        return sorted(set(files))
+
+
+Plugins.instance().register(ExperimentsConfigSource)
+
+
+# ----------------------------------------------------------------------------------------------- identity
+def _null(value) -> bool:
+    return value is None or str(value) in ("", "None", "null")
+
+
+def identity_parts(task, source, subtask, name, fold, seed) -> list[str]:
+    """The run identity as path parts: <task>[-<source>]/<subtask>/<name>/[fold<k>-]seed<s>."""
+    task_part = str(task) if _null(source) else f"{task}-{source}"
+    run_part = f"seed{seed}" if _null(fold) else f"fold{fold}-seed{seed}"
+    return [task_part, str(subtask), str(name), run_part]
+
+
+def group_name(task, source, subtask, name) -> str:
+    return "-".join(identity_parts(task, source, subtask, name, None, 0)[:3])
+
+
+def job_name(fold, seed) -> str:
+    return identity_parts("t", None, "s", "n", fold, seed)[3]
+
+
+def read_status(run_dir: Path) -> dict:
+    path = Path(run_dir) / STATUS_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def write_status(run_dir: Path, state: str, **extra) -> None:
+    """`status.json` says running / failed / finished; only a finished run has its results complete."""
+    path = Path(run_dir) / STATUS_FILE
+    payload = {**read_status(run_dir), "state": state, "updated": _dt.datetime.now().isoformat(timespec="seconds"),
+               **extra}
+    tmp = path.with_name(f".partial-{os.getpid()}-{STATUS_FILE}")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+_RUN_DIRS: dict[tuple, Path] = {}
+
+
+def run_dir(output_root, task, source, subtask, name, fold, seed, resume) -> str:
+    """The run folder: a new timestamped folder, or with resume=auto the newest unfinished one.
+
+    Cached per identity so Hydra's repeated resolution yields one folder; a timestamp that already exists gets
+    a suffix, so two runs never share (and overwrite) a folder.
+    """
+    key = (str(output_root), task, source, subtask, name, fold, seed, resume)
+    if key in _RUN_DIRS:
+        return str(_RUN_DIRS[key])
+    parent = Path(str(output_root)).joinpath(*identity_parts(task, source, subtask, name, fold, seed))
+    chosen = None
+    if str(resume) == "auto" and parent.is_dir():
+        unfinished = [d for d in sorted(parent.iterdir()) if d.is_dir() and read_status(d).get("state") != "finished"]
+        chosen = unfinished[-1] if unfinished else None
+    elif not _null(resume):
+        raise ConfigError(f"resume={resume!r}: use resume=auto, or ckpt_path=<checkpoint> for a given checkpoint")
+    if chosen is None:
+        stamp = _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+        chosen, suffix = parent / stamp, 1
+        while chosen.exists():
+            suffix += 1
+            chosen = parent / f"{stamp}_{suffix}"
+    _RUN_DIRS[key] = chosen
+    return str(chosen)
+
+
+def run_subdir(output_root, *identity) -> str:
+    return os.path.relpath(run_dir(output_root, *identity), str(output_root))
+
+
+def _register_resolvers() -> None:
+    resolvers = {
+        "covlight.run_dir": run_dir,
+        "covlight.run_subdir": run_subdir,
+        "covlight.group": group_name,
+        "covlight.job_name": job_name,
+        "covlight.wandb_offline": lambda: os.environ.get("WANDB_MODE", "offline") != "online",
+    }
+    for name, function in resolvers.items():
+        OmegaConf.register_new_resolver(name, function, replace=True)
+
+
+_register_resolvers()
+
+
+# ----------------------------------------------------------------------------------------- combinations
+TASKS = ("task1", "task2", "task3")
+SOURCES = ("structseg", "nsclc", "msd", "all")
+SUBTASKS = ("lung", "infection", "lung_infection")
+
+
+def check_combination(cfg: DictConfig) -> None:
+    """Fail at once, with the fix, on a (task, source, subtask, fold) the benchmark does not define."""
+    task, source, subtask, fold = cfg.task.name, cfg.source.name, cfg.subtask.name, cfg.fold
+    if task in TASKS:
+        if task == "task1" and source is not None:
+            raise ConfigError(f"task1 trains on COVID cases only: drop source={source} (or use task=task3)")
+        if task in ("task2", "task3") and source is None:
+            raise ConfigError(f"{task} needs a non-COVID source: add source=structseg|nsclc|msd|all")
+        if subtask == "lung_infection" and task != "task1":
+            raise ConfigError(
+                f"subtask=lung_infection is task1's only: the {task} sources annotate either lungs or lesions, "
+                "and one model for both would need a partial-label loss. Use subtask=lung or subtask=infection."
+            )
+        if task == "task2" and source == "msd" and subtask == "lung":
+            raise ConfigError("task2 has no published MSD lung source: use source=structseg|nsclc for subtask=lung")
+        if cfg.task.has_folds:
+            if fold is None or not 0 <= int(fold) < int(cfg.task.num_folds):
+                raise ConfigError(f"{task} has folds 0..{cfg.task.num_folds - 1}: set fold=<k> (got fold={fold})")
+        elif fold is not None:
+            raise ConfigError(f"{task} has one split and no folds: drop fold={fold}")
+    model_dims = cfg.model.spatial_dims
+    patch = list(cfg.model.patch_size)
+    if len(patch) != 3 or (model_dims == 2) != (patch[2] == 1):
+        raise ConfigError(
+            f"model.patch_size={patch}: give three sizes (x, y, z); a 2D model uses z = 1, a 3D model z > 1"
+        )

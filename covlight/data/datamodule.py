@@ -1,0 +1,263 @@
+"""The TorchIO data module: patches for training, fixed patches for cheap validation, whole cases for testing.
+
+Reads only canonical dataset folders `<root>/<dataset>/` (DESIGN); which cases go where comes from a `Split`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+import nibabel as nib
+import numpy as np
+import torch
+import torchio as tio
+from torch.utils.data import DataLoader, Dataset
+
+from covlight.data.canonical import CanonicalDataset, DatasetError, read_dataset
+from covlight.data.sampling import ForegroundSampler
+from covlight.data.splits import Split
+from covlight.data.transforms import (
+    CheckCase,
+    PadToAtLeast,
+    ScaleIntensity,
+    ToClassIndices,
+    augmentation_preset,
+)
+
+
+@dataclass(frozen=True)
+class CaseRecord:
+    """One case as the data module knows it (paths and geometry from dataset.json and the header)."""
+
+    dataset: str
+    case_id: str
+    image_path: Path
+    label_path: Path | None
+    spacing: tuple[float, float, float]
+    shape: tuple[int, int, int]
+    intensity: str
+    annotated: tuple[str, ...]
+
+
+def target_spacing_of(spacings: Sequence[Sequence[float]], anisotropy_ratio: float = 3.0) -> tuple[float, ...]:
+    """nnU-Net's rule: the median spacing; an axis much coarser than the others takes its 10th percentile."""
+    spacings = np.asarray(spacings, dtype=float)
+    target = np.median(spacings, axis=0)
+    worst = int(np.argmax(target))
+    others = np.delete(target, worst)
+    if target[worst] > anisotropy_ratio * others.max():
+        target[worst] = np.percentile(spacings[:, worst], 10)
+    return tuple(float(t) for t in target)
+
+
+def check_geometry(record: CaseRecord) -> None:
+    """Image and label must share shape and affine; say which file and what to do when they do not."""
+    image = nib.load(str(record.image_path))
+    if len(image.shape) != 3:
+        raise DatasetError(f"{record.image_path}: expected a 3D volume, got shape {image.shape}. Re-import it.")
+    if record.label_path is None:
+        return
+    label = nib.load(str(record.label_path))
+    if label.shape != image.shape or not np.allclose(label.affine, image.affine, atol=1e-3):
+        raise DatasetError(
+            f"{record.label_path}: geometry differs from {record.image_path} (shape {label.shape} vs {image.shape}, "
+            "or a different affine). Image and label must share one grid; re-import the case."
+        )
+
+
+class PatchDataset(Dataset):
+    """A fixed list of prepared patches (validation): no augmentation, same patches every epoch."""
+
+    def __init__(self, patches: list[dict]):
+        self.patches = patches
+
+    def __len__(self) -> int:
+        return len(self.patches)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.patches[index]
+
+
+class WholeCaseDataset(Dataset):
+    """Whole preprocessed cases for testing, with what is needed to go back to the original grid."""
+
+    def __init__(self, records: list[CaseRecord], transform: tio.Transform):
+        self.records = records
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        subject = self.transform(tio.Subject(image=tio.ScalarImage(record.image_path), intensity=record.intensity))
+        return {
+            "image": subject["image"].data.float(),
+            "case_id": record.case_id,
+            "dataset": record.dataset,
+            "image_path": str(record.image_path),
+            "label_path": str(record.label_path) if record.label_path else "",
+            "original_shape": torch.tensor(record.shape),
+            "annotated": list(record.annotated),
+        }
+
+
+def _first(batch: list[dict]) -> dict:
+    return batch[0]
+
+
+class SegmentationDataModule(pl.LightningDataModule):
+    """Patches through a TorchIO Queue with foreground oversampling; 2D models use z-size-1 patches (slices)."""
+
+    def __init__(
+        self,
+        root: str,
+        split: Split,
+        label_values: Sequence[int],
+        patch_size: Sequence[int],
+        batch_size: int,
+        target_spacing: str | Sequence[float] | None = "auto",
+        foreground_fraction: float = 0.33,
+        batches_per_epoch: int = 250,
+        samples_per_volume: int = 16,
+        queue_length: int = 96,
+        num_workers: int = 2,
+        val_patches_per_case: int = 4,
+        augmentation: dict | None = None,
+    ):
+        super().__init__()
+        self.root = Path(root).expanduser()
+        self.split = split
+        self.label_values = list(label_values)
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.spatial_dims = 2 if self.patch_size[2] == 1 else 3
+        self.batch_size = batch_size
+        self.target_spacing_option = target_spacing
+        self.foreground_fraction = foreground_fraction
+        self.batches_per_epoch = batches_per_epoch
+        self.samples_per_volume = samples_per_volume
+        self.queue_length = queue_length
+        self.num_workers = num_workers
+        self.val_patches_per_case = val_patches_per_case
+        self.augmentation = dict(augmentation or {})
+        self.target_spacing: tuple[float, ...] | None = None
+        self.records: dict[str, list[CaseRecord]] = {}
+        self.val_monitors_training_cases = False
+        for warning in split.warnings:
+            warnings.warn(warning, stacklevel=2)
+
+    # ------------------------------------------------------------------------------------------ cases
+    def _records(self, lists: dict[str, list[str]], need_labels: bool, what: str) -> list[CaseRecord]:
+        records = []
+        for dataset_name, case_ids in lists.items():
+            dataset = self._dataset(dataset_name)
+            dataset.require(case_ids, what=f"{what} ({dataset_name})")
+            for case_id in case_ids:
+                entry = dataset.cases[case_id]
+                has_label = dataset.has_label(case_id)
+                if need_labels and not has_label:
+                    raise DatasetError(f"{dataset.root}: case {case_id} in {what} has no label; import its mask.")
+                records.append(CaseRecord(
+                    dataset=dataset_name,
+                    case_id=case_id,
+                    image_path=dataset.image_path(case_id),
+                    label_path=dataset.label_path(case_id) if has_label else None,
+                    spacing=tuple(float(s) for s in entry["spacing"]),
+                    shape=tuple(int(n) for n in entry["shape"]),
+                    intensity=entry.get("intensity"),
+                    annotated=tuple(dataset.annotated),
+                ))
+        return records
+
+    def _dataset(self, name: str) -> CanonicalDataset:
+        if not hasattr(self, "_datasets"):
+            self._datasets: dict[str, CanonicalDataset] = {}
+        if name not in self._datasets:
+            self._datasets[name] = read_dataset(self.root / name)
+        return self._datasets[name]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.records:
+            return
+        self.records["train"] = self._records(self.split.train, need_labels=True, what="the training split")
+        self.records["val"] = self._records(self.split.val, need_labels=True, what="the validation split")
+        self.records["test"] = self._records(self.split.test, need_labels=True, what="the test split")
+        if not self.records["train"]:
+            raise DatasetError("the split has no training cases; check task, source and fold")
+        for record in self.records["train"] + self.records["val"] + self.records["test"]:
+            check_geometry(record)
+        if self.spatial_dims == 3:
+            option = self.target_spacing_option
+            if option in (None, "auto"):
+                self.target_spacing = target_spacing_of([r.spacing for r in self.records["train"]])
+            else:
+                self.target_spacing = tuple(float(s) for s in option)
+        self.val_monitors_training_cases = not self.records["val"]
+
+    # ------------------------------------------------------------------------------------- transforms
+    def preprocessing(self, with_label: bool) -> tio.Compose:
+        """Deterministic steps shared by training, validation and test (the test inverts the resampling)."""
+        steps: list[tio.Transform] = [CheckCase(), ScaleIntensity()]
+        if self.target_spacing is not None:
+            steps.append(tio.Resample(self.target_spacing))
+        if with_label:
+            steps.append(ToClassIndices(self.label_values))
+            steps.append(PadToAtLeast(self.patch_size))
+        return tio.Compose(steps)
+
+    def _subject(self, record: CaseRecord) -> tio.Subject:
+        subject = tio.Subject(
+            image=tio.ScalarImage(record.image_path),
+            label=tio.LabelMap(record.label_path),
+            case_id=record.case_id,
+            dataset=record.dataset,
+            intensity=record.intensity,
+        )
+        return subject
+
+    def _subjects_dataset(self, records: list[CaseRecord], augment: bool) -> tio.SubjectsDataset:
+        steps = [self.preprocessing(with_label=True)]
+        if augment:
+            steps.append(augmentation_preset(self.spatial_dims, **self.augmentation))
+        return tio.SubjectsDataset([self._subject(r) for r in records], transform=tio.Compose(steps))
+
+    # ------------------------------------------------------------------------------------ dataloaders
+    def train_dataloader(self) -> DataLoader:
+        records = self.records["train"]
+        patches_needed = self.batches_per_epoch * self.batch_size
+        repeats = max(1, math.ceil(patches_needed / (len(records) * self.samples_per_volume)))
+        queue = tio.Queue(
+            self._subjects_dataset(records * repeats, augment=True),
+            max_length=max(self.queue_length, self.batch_size),
+            samples_per_volume=self.samples_per_volume,
+            sampler=ForegroundSampler(self.patch_size, self.foreground_fraction),
+            num_workers=self.num_workers,
+            shuffle_subjects=True,
+            shuffle_patches=True,
+        )
+        return tio.SubjectsLoader(queue, batch_size=self.batch_size, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        records = self.records["val"] or self.records["train"]
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(1234)  # the same validation patches every epoch and every run
+        try:
+            dataset = self._subjects_dataset(records, augment=False)
+            sampler = ForegroundSampler(self.patch_size, foreground_fraction=0.5)
+            patches = []
+            for subject in dataset:
+                for patch in sampler(subject, self.val_patches_per_case):
+                    patches.append({"image": patch["image"].data.float(), "label": patch["label"].data.long()})
+        finally:
+            torch.random.set_rng_state(generator_state)
+        return DataLoader(PatchDataset(patches), batch_size=self.batch_size, shuffle=False, num_workers=0)
+
+    def test_dataloader(self) -> DataLoader:
+        records = self.records["test"]
+        dataset = WholeCaseDataset(records, self.preprocessing(with_label=False))
+        return DataLoader(dataset, batch_size=1, collate_fn=_first, num_workers=min(self.num_workers, 1))

@@ -1,0 +1,132 @@
+"""TorchIO transforms covlight adds: case checks, label-to-class mapping, padding, and the augmentation preset."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torchio as tio
+
+from covlight.data.canonical import INTENSITY_KINDS, LABELS, DatasetError
+
+# Stored images are 0..255 whatever the source kind (DESIGN); this is the range each kind is scaled from.
+STORED_RANGE = {kind: (0.0, 255.0) for kind in INTENSITY_KINDS}
+
+
+class ScaleIntensity(tio.Transform):
+    """Scale the stored image to [0, 1] by its case's intensity kind (from dataset.json, never guessed)."""
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        kind = subject["intensity"]
+        if kind not in STORED_RANGE:
+            raise DatasetError(
+                f"{subject['image'].path}: unknown intensity kind {kind!r} in dataset.json; expected one of "
+                f"{INTENSITY_KINDS}. Re-import the dataset."
+            )
+        low, high = STORED_RANGE[kind]
+        image = subject["image"]
+        image.set_data(((image.data.float() - low) / (high - low)).clamp_(0.0, 1.0))
+        return subject
+
+
+class CheckCase(tio.Transform):
+    """Reject a case with non-finite voxels or label values outside the canonical set, naming the file."""
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        image = subject["image"]
+        if not torch.isfinite(image.data).all():
+            raise DatasetError(f"{image.path}: image has NaN or infinite voxels. Re-import the case.")
+        if "label" in subject:
+            label = subject["label"]
+            values = set(torch.unique(label.data).tolist())
+            unexpected = sorted(values - set(LABELS.values()))
+            if unexpected:
+                raise DatasetError(
+                    f"{label.path}: unexpected label values {unexpected}; canonical labels are "
+                    f"{LABELS}. Re-import with the right label mapping."
+                )
+        return subject
+
+
+class ToClassIndices(tio.Transform):
+    """Map canonical label values to the subtask's class indices (values the subtask ignores become 0)."""
+
+    def __init__(self, label_values: Sequence[int], **kwargs):
+        super().__init__(**kwargs)
+        self.label_values = list(label_values)
+        lut = torch.zeros(max(LABELS.values()) + 1, dtype=torch.int64)
+        for index, value in enumerate(self.label_values):
+            lut[value] = index
+        self.lut = lut
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        if "label" in subject:
+            label = subject["label"]
+            label.set_data(self.lut[label.data.long()].to(torch.uint8))
+        return subject
+
+
+class PadToAtLeast(tio.Transform):
+    """Pad (image with its minimum, label with 0) so every spatial size is at least `size`."""
+
+    def __init__(self, size: Sequence[int], **kwargs):
+        super().__init__(**kwargs)
+        self.size = np.asarray(size, dtype=int)
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        missing = np.maximum(self.size - np.asarray(subject.spatial_shape), 0)
+        if not missing.any():
+            return subject
+        before = missing // 2
+        after = missing - before
+        padding = [int(v) for pair in zip(before, after, strict=True) for v in pair]
+        for image in subject.get_images(intensity_only=False):
+            fill = 0 if isinstance(image, tio.LabelMap) else float(image.data.min())
+            image.set_data(torch.nn.functional.pad(image.data, _torch_pad(padding), value=fill))
+        return subject
+
+
+def _torch_pad(padding: list[int]) -> list[int]:
+    """TorchIO order (x0, x1, y0, y1, z0, z1) -> torch.nn.functional.pad order (last axis first)."""
+    return padding[4:6] + padding[2:4] + padding[0:2]
+
+
+def augmentation_preset(
+    spatial_dims: int,
+    affine_probability: float = 0.2,
+    scales: Sequence[float] = (0.85, 1.25),
+    degrees: float = 15,
+    gamma_probability: float = 0.3,
+    log_gamma: Sequence[float] = (-0.3, 0.3),
+    noise_probability: float = 0.15,
+    noise_std: Sequence[float] = (0.0, 0.05),
+    blur_probability: float = 0.2,
+    blur_std: Sequence[float] = (0.5, 1.0),
+    low_resolution_probability: float = 0.15,
+    low_resolution_factor: Sequence[float] = (1.0, 2.0),
+    flip_axes: Sequence[int] = (),
+) -> tio.Compose:
+    """The nnU-Net-spirit preset: affine, gamma, noise, blur, simulated low resolution (and flips if asked).
+
+    Rotations are in-plane for 2D models and mostly in-plane for 3D (slices are usually much thicker).
+    """
+    if spatial_dims == 2:
+        rotation = (0, 0, 0, 0, -degrees, degrees)
+        low_resolution_axes = (0, 1)
+    else:
+        small = degrees / 3
+        rotation = (-small, small, -small, small, -degrees, degrees)
+        low_resolution_axes = (0, 1, 2)
+    transforms = [
+        tio.RandomAffine(scales=tuple(scales), degrees=rotation, default_pad_value="minimum",
+                         p=affine_probability),
+        tio.RandomAnisotropy(axes=low_resolution_axes, downsampling=tuple(low_resolution_factor),
+                             p=low_resolution_probability),
+        tio.RandomBlur(std=tuple(blur_std), p=blur_probability),
+        tio.RandomNoise(std=tuple(noise_std), p=noise_probability),
+        tio.RandomGamma(log_gamma=tuple(log_gamma), p=gamma_probability),
+    ]
+    if flip_axes:
+        transforms.insert(0, tio.RandomFlip(axes=tuple(flip_axes), flip_probability=0.5))
+    return tio.Compose(transforms)

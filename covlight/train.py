@@ -1,0 +1,138 @@
+"""One run: compose -> check -> train -> test the last checkpoint -> per-case `metrics.csv` in the run folder."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from covlight.callbacks.scoring import METRICS_FILE, CaseScoring
+from covlight.config import ConfigError, check_combination, read_status, write_status
+
+log = logging.getLogger("covlight")
+
+
+def print_config_tree(cfg: DictConfig) -> None:
+    """The composed config as a tree, one branch per group (resolved where it can be)."""
+    from rich import print as rich_print
+    from rich.syntax import Syntax
+    from rich.tree import Tree
+
+    tree = Tree("config", guide_style="dim")
+    for key, value in cfg.items():
+        branch = tree.add(str(key), style="bold")
+        text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        branch.add(Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
+    rich_print(tree)
+
+
+def resolved_container(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+
+
+def flatten(mapping: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a/b": 1}: one column per setting in W&B's run table."""
+    flat = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}/"))
+        else:
+            flat[name] = value
+    return flat
+
+
+def load_initial_weights(module: pl.LightningModule, source: str) -> None:
+    """Start from another run's weights: a run folder (its last checkpoint) or a checkpoint file."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise ConfigError(f"init_from={source}: no checkpoint at {path}; give a finished run folder or a .ckpt file")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    state = checkpoint.get("state_dict", checkpoint)
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    log.info("initialised from %s (%d missing, %d unexpected keys)", path, len(missing), len(unexpected))
+
+
+def checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> str | None:
+    if cfg.ckpt_path:
+        return str(cfg.ckpt_path)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if cfg.resume == "auto" and last.is_file():
+        log.info("resuming from %s", last)
+        return str(last)
+    return None
+
+
+def run(cfg: DictConfig) -> dict:
+    """Train and test one (task, source, subtask, name, fold, seed); returns the test summary."""
+    check_combination(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    if read_status(run_dir).get("state") == "finished":
+        raise ConfigError(f"{run_dir} holds a finished run; it is never touched. Start a new run instead.")
+    if cfg.print_config:
+        rank_zero_only(print_config_tree)(cfg)
+    rank_zero_only(_start_run_folder)(cfg, run_dir)
+    try:
+        summary = _train_and_test(cfg, run_dir)
+    except BaseException as error:
+        rank_zero_only(write_status)(run_dir, "failed", error=f"{type(error).__name__}: {error}")
+        raise
+    rank_zero_only(write_status)(run_dir, "finished", metrics=str(run_dir / METRICS_FILE))
+    return summary
+
+
+def _start_run_folder(cfg: DictConfig, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = {k: v for k, v in resolved_container(cfg).items() if k != "hydra"}
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    identity = {k: config.get(k) for k in ("name", "fold", "seed")}
+    identity.update(task=cfg.task.name, source=cfg.source.name, subtask=cfg.subtask.name, model=cfg.model.name)
+    write_status(run_dir, "running", identity=identity)
+
+
+def _train_and_test(cfg: DictConfig, run_dir: Path) -> dict:
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate(cfg.data)
+    module = instantiate(cfg.model.module)
+    if cfg.init_from:
+        load_initial_weights(module, cfg.init_from)
+    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
+    loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        config = flatten({k: v for k, v in resolved_container(cfg).items() if k != "hydra"})
+        logger.log_hyperparams(config)
+    if not cfg.test_only:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint_to_resume(cfg, run_dir))
+    test_checkpoint = None
+    if not cfg.test_only and not trainer.fast_dev_run:
+        test_checkpoint = "last"  # Task 1's policy: the last checkpoint, never one chosen on test cases
+    elif cfg.test_only and cfg.ckpt_path:
+        test_checkpoint = str(cfg.ckpt_path)
+    trainer.test(module, datamodule=datamodule, ckpt_path=test_checkpoint, weights_only=True)
+    scoring = next(c for c in callbacks if isinstance(c, CaseScoring))
+    rank_zero_only(print_summary)(scoring.summary, run_dir)
+    return scoring.summary
+
+
+def print_summary(summary: dict, run_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    for dataset, columns in summary.items():
+        table = Table(title=f"test on {dataset} ({run_dir})")
+        table.add_column("metric")
+        table.add_column("mean ± std", justify="right")
+        table.add_column("n (NaN)", justify="right")
+        for column, stats in columns.items():
+            value = "n/a" if math.isnan(stats["mean"]) else f"{stats['mean']:.4f} ± {stats['std']:.4f}"
+            table.add_row(column, value, f"{stats['n']} ({stats['nan']})")
+        Console().print(table)
