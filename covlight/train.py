@@ -107,8 +107,8 @@ def _train_and_test(cfg: DictConfig, run_dir: Path) -> dict:
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    for logger in loggers:
-        config = flatten({k: v for k, v in resolved_container(cfg).items() if k != "hydra"})
+    config = flatten({k: v for k, v in resolved_container(cfg).items() if k != "hydra"})
+    for logger in trainer.loggers:
         logger.log_hyperparams(config)
     if not cfg.test_only:
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint_to_resume(cfg, run_dir))

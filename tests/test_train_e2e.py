@@ -1,0 +1,137 @@
+"""Train + test end to end on tiny phantoms: 2D in-process (what the logger receives), 3D through the CLI."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from lightning.pytorch.loggers.logger import Logger
+
+from covlight.config import read_status
+from covlight.data.phantoms import write_phantom_dataset
+from covlight.data.splits import COVID, official_split
+from covlight.train import run
+from tests.conftest import REPO, compose_config
+
+TINY_2D = [
+    "model=unet2d", "model.patch_size=[32,32,1]", "model.batch_size=4",
+    "model.module.net.features_per_stage=[8,16,32]", "model.module.net.strides=[1,2,2]",
+    "model.module.inference.batch_size=8",
+]
+TINY_3D = [
+    "model=unet3d", "model.patch_size=[32,32,16]", "model.batch_size=2",
+    "model.module.net.features_per_stage=[8,16,32]", "model.module.net.strides=[[1,1,1],[2,2,2],[2,2,2]]",
+]
+FAST = [
+    "trainer=debug", "data.batches_per_epoch=2", "data.samples_per_volume=2", "data.queue_length=4",
+    "data.num_workers=0", "data.val_patches_per_case=1", "print_config=false",
+]
+
+
+@pytest.fixture(scope="session")
+def phantom_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_phantom_dataset(root / COVID, cases=20, seed=0, size="small", progress=False)
+    return root
+
+
+class CaptureLogger(Logger):
+    """Records what covlight hands an experiment logger."""
+
+    def __init__(self):
+        super().__init__()
+        self.hyperparams: dict = {}
+        self.metrics: dict = {}
+
+    @property
+    def name(self):
+        return "capture"
+
+    @property
+    def version(self):
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        self.hyperparams.update(params)
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics.update(metrics)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_2d_train_test_writes_one_row_per_test_case(phantom_root, tmp_path, monkeypatch):
+    capture = CaptureLogger()
+    monkeypatch.setattr("covlight.train.instantiate", _instantiate_with(capture))
+    cfg = compose_config(["task=task1", "subtask=lung_infection", "fold=1", *TINY_2D, *FAST, "logger=csv",
+                          f"paths.data_dir={phantom_root}", f"paths.output_dir={tmp_path / 'run'}"])
+    summary = run(cfg)
+    run_dir = tmp_path / "run"
+    rows = read_metrics(run_dir / "metrics.csv")
+    expected = official_split("task1", "lung_infection", 1).test[COVID]
+    assert sorted(row["Name"] for row in rows) == sorted(expected)
+    assert list(rows[0]) == ["Name", "dataset", "L-lungDSC", "L-lung-1mm", "R-lungDSC", "R-lung-1mm",
+                             "LesionDSC", "LesionNSD-3mm"]
+    for row in rows:
+        for column in ("L-lungDSC", "R-lungDSC"):
+            assert 0.0 <= float(row[column]) <= 1.0
+    assert read_status(run_dir)["state"] == "finished"
+    assert (run_dir / "config.yaml").is_file()
+    assert len(list((run_dir / "predictions" / COVID).glob("*.nii.gz"))) == len(expected)
+    # what the logger was handed: the flattened resolved config and per-structure test means
+    assert capture.hyperparams["task/name"] == "task1" and capture.hyperparams["fold"] == 1
+    assert capture.hyperparams["model/module/net/features_per_stage"] == [8, 16, 32]
+    logged = capture.metrics[f"test/{COVID}/left_lung/dsc"]
+    assert math.isclose(logged, summary[COVID]["L-lungDSC"]["mean"], rel_tol=1e-6)
+    for structure in ("left_lung", "right_lung", "infection"):
+        assert f"test/{COVID}/{structure}/nsd" in capture.metrics
+    assert "val/pseudo_dice" in capture.metrics
+
+
+def _instantiate_with(capture: CaptureLogger):
+    from hydra.utils import instantiate
+
+    def patched(config, *args, **kwargs):
+        if kwargs.get("logger") is not None and config.get("_target_", "").endswith("Trainer"):
+            kwargs["logger"] = [*kwargs["logger"], capture] if kwargs["logger"] else [capture]
+        return instantiate(config, *args, **kwargs)
+
+    return patched
+
+
+def test_3d_cli_run_with_offline_wandb(phantom_root, tmp_path):
+    env = {**os.environ, "COVLIGHT_DATA": str(phantom_root)}
+    command = [sys.executable, "-m", "covlight", "task=task1", "subtask=lung", "fold=0", *TINY_3D, *FAST,
+               f"paths.output_root={tmp_path}"]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "task1" / "lung" / "unet3d" / "fold0-seed0").iterdir()
+    assert read_status(run_dir)["state"] == "finished"
+    rows = read_metrics(run_dir / "metrics.csv")
+    assert len(rows) == 16
+    assert list(rows[0]) == ["Name", "dataset", "L-lungDSC", "L-lung-1mm", "R-lungDSC", "R-lung-1mm"]
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    assert list(offline.glob("run-*.wandb"))
+    sync = subprocess.run([str(Path(sys.executable).parent / "wandb"), "sync", "--dry-run", str(offline)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert sync.returncode == 0, sync.stderr
+
+
+def test_missing_dataset_is_one_clear_error(tmp_path):
+    env = {**os.environ, "COVLIGHT_DATA": str(tmp_path / "nowhere")}
+    command = [sys.executable, "-m", "covlight", *TINY_2D, *FAST, "logger=none", f"paths.output_root={tmp_path}"]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "does not exist" in result.stderr and "covlight.phantoms" in result.stderr
+    assert "Traceback" not in result.stderr
+    (run_dir,) = (tmp_path / "task1" / "lung" / "unet2d" / "fold0-seed0").iterdir()
+    assert read_status(run_dir)["state"] == "failed"
+    assert not (run_dir / "metrics.csv").exists()
