@@ -5,7 +5,6 @@ Reads only canonical dataset folders `<root>/<dataset>/` (DESIGN); which cases g
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import torchio as tio
 from torch.utils.data import DataLoader, Dataset
 
 from covlight.data.canonical import CanonicalDataset, DatasetError, read_dataset
+from covlight.data.patches import PatchStream
 from covlight.data.sampling import ForegroundSampler
 from covlight.data.splits import Split
 from covlight.data.transforms import (
@@ -112,7 +112,7 @@ def _first(batch: list[dict]) -> dict:
 
 
 class SegmentationDataModule(pl.LightningDataModule):
-    """Patches through a TorchIO Queue with foreground oversampling; 2D models use z-size-1 patches (slices)."""
+    """Augmented patches with foreground oversampling (PatchStream); 2D models use z-size-1 patches (slices)."""
 
     def __init__(
         self,
@@ -125,7 +125,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         foreground_fraction: float = 0.33,
         batches_per_epoch: int = 250,
         samples_per_volume: int = 16,
-        queue_length: int = 96,
+        patch_buffer: int = 96,
         num_workers: int = 2,
         val_patches_per_case: int = 4,
         augmentation: dict | None = None,
@@ -141,7 +141,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.foreground_fraction = foreground_fraction
         self.batches_per_epoch = batches_per_epoch
         self.samples_per_volume = samples_per_volume
-        self.queue_length = queue_length
+        self.patch_buffer = patch_buffer
         self.num_workers = num_workers
         self.val_patches_per_case = val_patches_per_case
         self.augmentation = dict(augmentation or {})
@@ -220,34 +220,28 @@ class SegmentationDataModule(pl.LightningDataModule):
         )
         return subject
 
-    def _subjects_dataset(self, records: list[CaseRecord], augment: bool) -> tio.SubjectsDataset:
-        steps = [self.preprocessing(with_label=True)]
-        if augment:
-            steps.append(augmentation_preset(self.spatial_dims, **self.augmentation))
-        return tio.SubjectsDataset([self._subject(r) for r in records], transform=tio.Compose(steps))
+    def _subjects_dataset(self, records: list[CaseRecord]) -> tio.SubjectsDataset:
+        return tio.SubjectsDataset([self._subject(r) for r in records], transform=self.preprocessing(with_label=True))
 
     # ------------------------------------------------------------------------------------ dataloaders
     def train_dataloader(self) -> DataLoader:
-        records = self.records["train"]
-        patches_needed = self.batches_per_epoch * self.batch_size
-        repeats = max(1, math.ceil(patches_needed / (len(records) * self.samples_per_volume)))
-        queue = tio.Queue(
-            self._subjects_dataset(records * repeats, augment=True),
-            max_length=max(self.queue_length, self.batch_size),
-            samples_per_volume=self.samples_per_volume,
+        stream = PatchStream(
+            self._subjects_dataset(self.records["train"]),
             sampler=ForegroundSampler(self.patch_size, self.foreground_fraction),
-            num_workers=self.num_workers,
-            shuffle_subjects=True,
-            shuffle_patches=True,
+            samples_per_volume=self.samples_per_volume,
+            patches_per_epoch=self.batches_per_epoch * self.batch_size,
+            buffer_size=self.patch_buffer,
+            augmentation=augmentation_preset(self.spatial_dims, **self.augmentation),
         )
-        return tio.SubjectsLoader(queue, batch_size=self.batch_size, num_workers=0)
+        return DataLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
         records = self.records["val"] or self.records["train"]
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(1234)  # the same validation patches every epoch and every run
         try:
-            dataset = self._subjects_dataset(records, augment=False)
+            dataset = self._subjects_dataset(records)
             sampler = ForegroundSampler(self.patch_size, foreground_fraction=0.5)
             patches = []
             for subject in dataset:

@@ -1,0 +1,64 @@
+"""The training patch stream: workers load cases, draw patches, augment each patch, and mix cases.
+
+Like TorchIO's `Queue` (patches of several cases shuffled together), but the augmentation runs per patch inside
+the loader workers: a patch costs far less to augment than the whole volume it comes from, and the main process
+stays free for the training step.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchio as tio
+from torch.utils.data import IterableDataset, get_worker_info
+
+from covlight.data.sampling import ForegroundSampler
+
+
+class PatchStream(IterableDataset):
+    """`patches_per_epoch` augmented patches per epoch, split over the loader's workers.
+
+    Each worker keeps a buffer of up to `buffer_size` patches drawn `samples_per_volume` at a time from cases
+    it loads in a random order, and hands out a random one from the buffer.
+    """
+
+    def __init__(
+        self,
+        subjects: tio.SubjectsDataset,
+        sampler: ForegroundSampler,
+        samples_per_volume: int,
+        patches_per_epoch: int,
+        buffer_size: int,
+        augmentation: tio.Transform | None = None,
+    ):
+        self.subjects = subjects
+        self.sampler = sampler
+        self.samples_per_volume = samples_per_volume
+        self.patches_per_epoch = patches_per_epoch
+        self.buffer_size = max(buffer_size, samples_per_volume)
+        self.augmentation = augmentation
+
+    def __len__(self) -> int:
+        return self.patches_per_epoch
+
+    def _share(self) -> int:
+        worker = get_worker_info()
+        if worker is None:
+            return self.patches_per_epoch
+        share, extra = divmod(self.patches_per_epoch, worker.num_workers)
+        return share + (1 if worker.id < extra else 0)
+
+    def _case_order(self):
+        while True:
+            yield from torch.randperm(len(self.subjects)).tolist()
+
+    def __iter__(self):
+        cases = self._case_order()
+        buffer: list[tio.Subject] = []
+        for _ in range(self._share()):
+            while len(buffer) < self.buffer_size:
+                subject = self.subjects[next(cases)]
+                buffer.extend(self.sampler(subject, self.samples_per_volume))
+            patch = buffer.pop(int(torch.randint(len(buffer), ())))
+            if self.augmentation is not None:
+                patch = self.augmentation(patch)
+            yield {"image": patch["image"].data.float(), "label": patch["label"].data, "dataset": patch["dataset"]}
