@@ -111,6 +111,11 @@ def _first(batch: list[dict]) -> dict:
     return batch[0]
 
 
+def _single_threaded_worker(worker_id: int) -> None:
+    """Loader workers use one thread each: several multi-threaded workers would fight the training step."""
+    torch.set_num_threads(1)
+
+
 class SegmentationDataModule(pl.LightningDataModule):
     """Augmented patches with foreground oversampling (PatchStream); 2D models use z-size-1 patches (slices)."""
 
@@ -234,7 +239,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             augmentation=augmentation_preset(self.spatial_dims, **self.augmentation),
         )
         return DataLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+                          persistent_workers=self.num_workers > 0, worker_init_fn=_single_threaded_worker)
 
     def val_dataloader(self) -> DataLoader:
         records = self.records["val"] or self.records["train"]
