@@ -9,7 +9,7 @@ consolidation have soft-tissue density; ground-glass overlaps blurred vessel bor
 Everything random comes from one generator seeded by (seed, kind, case id), so the same arguments give
 byte-identical arrays.
 
-The README montage: `python -m covlight.phantoms --montage docs/phantom.png --montage-case coronacases_003`.
+The README montage: `python -m covlight.phantoms --montage docs/phantom.png --montage-case coronacases_002`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+from tqdm import tqdm
 
 from covlight.data.canonical import (
     DatasetError,
@@ -124,6 +125,14 @@ class _Builder:
         self.u = (np.arange(n) * sxy - self.centre[0]).astype(np.float32)[:, None, None]
         self.v = (np.arange(n) * sxy - self.centre[1]).astype(np.float32)[None, :, None]
         self.z = ((np.arange(nz) + 0.5) * sz).astype(np.float32)[None, None, :]
+        self.origin = np.array([self.centre[0], self.centre[1], -0.5 * sz])  # patient frame -> index * spacing
+
+    def to_index(self, points) -> np.ndarray:
+        """Nearest voxel indices of points (..., 3) given in the patient frame (mm)."""
+        return np.rint((np.asarray(points) + self.origin) / np.asarray(self.spacing)).astype(int)
+
+    def to_mm(self, indices) -> np.ndarray:
+        return np.asarray(indices) * np.asarray(self.spacing) - self.origin
 
     def field(self, scale_mm: float) -> np.ndarray:
         return _smooth_noise(self.rng, self.shape, self.spacing, scale_mm)
@@ -139,7 +148,6 @@ class _Builder:
         to the nearest centre-line voxel and that voxel's radius, so a whole tree costs one transform.
         """
         spacing = np.asarray(self.spacing)
-        offset = np.array([self.centre[0], self.centre[1], -0.5 * spacing[2]])
         points, radii = [], []
         for p0, p1, r0, r1 in segments:
             p0, p1 = np.asarray(p0, float), np.asarray(p1, float)
@@ -147,7 +155,7 @@ class _Builder:
             t = np.linspace(0.0, 1.0, count)[:, None]
             points.append(p0 + t * (p1 - p0))
             radii.append(r0 + t[:, 0] * (r1 - r0))
-        index = np.rint((np.concatenate(points) + offset) / spacing).astype(int)
+        index = self.to_index(np.concatenate(points))
         radii = np.concatenate(radii)
         inside = np.all((index >= 0) & (index < self.shape), axis=1)
         index, radii = index[inside], radii[inside]
@@ -170,6 +178,7 @@ class _Builder:
     # ---- anatomy -------------------------------------------------------------------------------------------
 
     def body(self):
+        """Outline, depth under the skin, fat and muscle layers, and the thoracic cavity inside the ribs."""
         rng, u, v = self.rng, self.u, self.v
         back = np.where(v > 0, self.B, 0.93 * self.B)  # flattened where the patient lies on the table
         bulge = self.field(35)  # an irregular outline, with more fat where it bulges
@@ -236,6 +245,7 @@ class _Builder:
         self.gap = rng.uniform(0.4, 0.7) * self.spacing[0]
 
     def diaphragm(self):
+        """Height of the diaphragm: two domes (the right one higher), deepest at the back and the sides."""
         rng, u, v = self.rng, self.u, self.v
         depth = rng.uniform(30, 45)
 
@@ -291,6 +301,7 @@ class _Builder:
                         | (np.abs(u - self.junction) < self.gap))
 
     def lungs(self):
+        """The cavity above the diaphragm less the mediastinum, narrowing to each apex; split at the junction."""
         rng, u, v, z = self.rng, self.u, self.v, self.z
         taper = rng.uniform(70, 100)
         apex_l = self.apex - rng.uniform(0, 8)
@@ -324,12 +335,12 @@ class _Builder:
         self.lung &= ~(self.airway_wall > 0.5)
 
     def _first_in_lung(self, start, direction, left: bool) -> np.ndarray:
-        spacing = np.asarray(self.spacing)
-        offset = np.array([self.centre[0], self.centre[1], -0.5 * spacing[2]])
+        """The first point of the ray from `start` that lies in the lung of the given side (the hilum)."""
         for step in np.arange(0.0, 90.0, 1.0):
             point = start + step * direction
-            i, j, k = np.rint((point + offset) / spacing).astype(int)
-            if 0 <= k < self.shape[2] and self.lung[i, j, k] and bool(self.left_side[i, 0, k]) == left:
+            i, j, k = self.to_index(point)
+            if (0 <= np.array([i, j, k])).all() and (np.array([i, j, k]) < self.shape).all() \
+                    and self.lung[i, j, k] and bool(self.left_side[i, 0, k]) == left:
                 return point
         return start + 60 * direction
 
@@ -337,8 +348,6 @@ class _Builder:
         """Pulmonary arteries and veins: trees from each hilum to points spread through its lung, joined to the
         pulmonary trunk and the left atrium by hilar vessels that are not lung."""
         rng = self.rng
-        spacing = np.asarray(self.spacing)
-        offset = np.array([self.centre[0], self.centre[1], -0.5 * spacing[2]])
         hilar, trees = [], []
         for side, left in (("right", False), ("left", True)):
             voxels = np.argwhere(self.lung & (self.left_side == left))
@@ -346,7 +355,7 @@ class _Builder:
             for root, source, count in ((entry + [0, 9, 8], self.pa_fork, 40), (entry + [0, -6, -22], self.atrium, 36)):
                 hilar.append((source, root, 9, 8))
                 picks = voxels[rng.choice(len(voxels), size=min(count, len(voxels)), replace=False)]
-                targets = picks * spacing - offset + rng.uniform(-0.5, 0.5, picks.shape) * spacing
+                targets = self.to_mm(picks + rng.uniform(-0.5, 0.5, picks.shape))
                 self._branch(root, targets, trees)
         hilar = self.tubes(hilar)
         self.lung &= ~(hilar > 0.5)
@@ -359,6 +368,7 @@ class _Builder:
             return
         spread = targets - targets.mean(0)
         axis = np.linalg.svd(spread, full_matrices=False)[2][0]
+        axis *= np.sign(axis[np.argmax(np.abs(axis))])  # a fixed sign, so the halves come in a fixed order
         order = np.argsort(spread @ axis)
         for half in (targets[order[: len(order) // 2]], targets[order[len(order) // 2:]]):
             joint = point + self.rng.uniform(0.3, 0.5) * (half.mean(0) - point)
@@ -394,12 +404,10 @@ class _Builder:
         """One solid, lobulated mass of soft-tissue density."""
         rng = self.rng
         radius = rng.uniform(10, 28)
-        spacing = np.asarray(self.spacing)
-        offset = np.array([self.centre[0], self.centre[1], -0.5 * spacing[2]])
         candidates = np.argwhere(self.edt(self.lung) > 0.5 * radius)
         if not len(candidates):
             candidates = np.argwhere(self.lung)
-        cx, cy, cz = candidates[rng.integers(len(candidates))] * spacing - offset
+        cx, cy, cz = self.to_mm(candidates[rng.integers(len(candidates))])
         distance = np.sqrt((self.u - cx) ** 2 + (self.v - cy) ** 2 + (self.z - cz) ** 2) / radius
         self.lesion = self.lung & (distance + 0.2 * self.field(8) < 1)
         self.lesion_hu = rng.uniform(25, 50) + 15 * self.texture - 25 * np.clip(1 - 2 * distance, 0, 1)
@@ -459,10 +467,10 @@ class _Builder:
         # Lung parenchyma: denser towards the back (dependent), with fine texture.
         parenchyma = (rng.uniform(-880, -845) + rng.uniform(25, 60) * np.clip(0.5 - v / (2 * self.B), 0, 1)
                       + 12 * self.texture)
-        hu[self.lung] = np.broadcast_to(parenchyma, self.shape)[self.lung]
+        hu[self.lung] = parenchyma[self.lung]
         if kind == "effusion":
             hu[self.atelectasis] = rng.uniform(-500, -250) + 40 * self.texture[self.atelectasis]
-        hu[self.lesion] = self.lesion_hu[self.lesion] if np.ndim(self.lesion_hu) else self.lesion_hu
+        hu[self.lesion] = self.lesion_hu[self.lesion]
         # Vessels over lung and mediastinal fat (not over airways, bone or fluid); partial volume at the edges.
         occupancy = self.vessel * (self.cavity & ~self.lesion if kind == "effusion" else self.cavity)
         occupancy = np.where(self.airway_wall > 0.5, 0, occupancy)
@@ -473,7 +481,7 @@ class _Builder:
         lumen = self.lumen * self.inside
         hu = hu * (1 - lumen) - 1000 * lumen
         bone = self.bone & self.inside
-        hu[bone] = np.broadcast_to(self.bone_hu, self.shape)[bone]
+        hu[bone] = self.bone_hu[bone]
         hu[self.disc & self.inside] = 90
         hu[self.cartilage & self.inside] = 130
 
@@ -563,11 +571,13 @@ def write_phantom_dataset(
               "cases": cases}
     marker = out / MARKER
     if out.exists() and any(out.iterdir()):
-        found = json.loads(marker.read_text()) if marker.is_file() else None
+        found = _read_marker(marker)
         if found != recipe:
-            differences = [f"{k} {found.get(k)!r} (asked: {recipe[k]!r})" for k in recipe if found and found.get(k) != recipe[k]]
-            what = ("files that are not a covlight phantom dataset" if found is None
-                    else f"a different phantom dataset: {'; '.join(differences)}")
+            what = "files that are not a covlight phantom dataset"
+            if found is not None:
+                differences = [f"{k} {found.get(k)!r} (asked: {recipe[k]!r})" for k in recipe
+                               if found.get(k) != recipe[k]]
+                what = f"a different phantom dataset: {'; '.join(differences)}"
             raise DatasetError(f"{out} is not empty and holds {what}. Choose an empty or new folder for --out, "
                                f"or delete {out} first.")
         if (out / "dataset.json").is_file() if layout == "canonical" else _official_complete(out, cases):
@@ -575,10 +585,9 @@ def write_phantom_dataset(
     write_json_atomic(marker, recipe)
 
     entries = {}
-    bar = _progress(cases, progress)
+    bar = tqdm(cases, unit="case", disable=not progress)
     for case_id in bar:
-        if progress:
-            bar.set_description(f"phantom {case_id}")
+        bar.set_description(f"phantom {case_id}")
         phantom = make_phantom(case_id, seed, size=size, kind=kind)
         if layout == "official":
             _write_official(out, case_id, phantom, kind)
@@ -593,12 +602,12 @@ def write_phantom_dataset(
     return out
 
 
-def _progress(cases: list[str], enabled: bool):
-    if not enabled:
-        return cases
-    from tqdm import tqdm
-
-    return tqdm(cases, unit="case")
+def _read_marker(path: Path) -> dict | None:
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
 
 
 # ---- montage ---------------------------------------------------------------------------------------------------
@@ -607,10 +616,7 @@ def _progress(cases: list[str], enabled: bool):
 def save_montage(phantom: Phantom, path: Path, title: str = "") -> Path:
     """Five axial slices and one coronal slice in the [-1250, 250] HU window with label contours, shown the
     radiological way (patient's right on the viewer's left, anterior up)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
     from matplotlib.lines import Line2D
 
     image, label, (sx, sy, sz) = phantom.image_hu, phantom.label, phantom.spacing
@@ -618,7 +624,8 @@ def save_montage(phantom: Phantom, path: Path, title: str = "") -> Path:
     levels = [int(lung_z[0] + f * (lung_z[-1] - lung_z[0])) for f in (0.9, 0.72, 0.55, 0.38, 0.18)]
     column = int(np.argwhere(label > 0)[:, 1].mean())
     colours = {1: "#33b5ff", 2: "#ffb000", 3: "#ff2d2d"}
-    fig, axes = plt.subplots(2, 3, figsize=(12, 8.4), facecolor="black")
+    fig = Figure(figsize=(12, 8.4), facecolor="black")
+    axes = fig.subplots(2, 3)
     views = [(image[:, :, k], label[:, :, k], sy / sx, f"axial z={k}") for k in levels]
     views.append((image[:, column, :], label[:, column, :], sz / sx, f"coronal y={column}"))
     for ax, (img, lab, aspect, name) in zip(axes.ravel(), views, strict=True):
@@ -637,6 +644,5 @@ def save_montage(phantom: Phantom, path: Path, title: str = "") -> Path:
     fig.tight_layout(rect=(0, 0.04, 1, 0.97))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80, facecolor="black")
-    plt.close(fig)
+    fig.savefig(path, dpi=72, facecolor="black", pil_kwargs={"optimize": True})
     return path
