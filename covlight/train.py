@@ -107,6 +107,8 @@ def _train_and_test(cfg: DictConfig, run_dir: Path) -> dict:
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if trainer.world_size > 1:  # DDP starts every rank from rank 0's weights; each rank draws its own patches
+        pl.seed_everything(cfg.seed + trainer.global_rank, workers=True, verbose=False)
     config = flatten({k: v for k, v in resolved_container(cfg).items() if k != "hydra"})
     for logger in trainer.loggers:
         logger.log_hyperparams(config)

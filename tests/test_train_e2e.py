@@ -135,3 +135,28 @@ def test_missing_dataset_is_one_clear_error(tmp_path):
     (run_dir,) = (tmp_path / "task1" / "lung" / "unet2d" / "fold0-seed0").iterdir()
     assert read_status(run_dir)["state"] == "failed"
     assert not (run_dir / "metrics.csv").exists()
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_scores_every_case_once(phantom_root, tmp_path):
+    """Train + test with DDP (gloo, 2 processes): one run folder; re-testing its checkpoint in 1 process gives
+    identical per-case rows."""
+    env = {**os.environ, "COVLIGHT_DATA": str(phantom_root)}
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+           "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1"]
+    common = [*TINY_3D, *[o for o in FAST if o != "trainer=debug"], "logger=csv"]
+    first = subprocess.run([sys.executable, "-m", "covlight", *common, *ddp, f"paths.output_root={tmp_path / 'ddp'}"],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (ddp_run,) = (tmp_path / "ddp" / "task1" / "lung" / "unet3d" / "fold0-seed0").iterdir()
+    assert read_status(ddp_run)["state"] == "finished"
+    ddp_rows = read_metrics(ddp_run / "metrics.csv")
+    assert sorted(row["Name"] for row in ddp_rows) == sorted(official_split("task1", "lung", 0).test[COVID])
+
+    checkpoint = ddp_run / "checkpoints" / "last.ckpt"
+    second = subprocess.run([sys.executable, "-m", "covlight", *common, "test_only=true", f"ckpt_path={checkpoint}",
+                             f"paths.output_root={tmp_path / 'single'}"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    (single_run,) = (tmp_path / "single" / "task1" / "lung" / "unet3d" / "fold0-seed0").iterdir()
+    assert read_metrics(single_run / "metrics.csv") == ddp_rows

@@ -61,4 +61,5 @@ class PatchStream(IterableDataset):
             patch = buffer.pop(int(torch.randint(len(buffer), ())))
             if self.augmentation is not None:
                 patch = self.augmentation(patch)
-            yield {"image": patch["image"].data.float(), "label": patch["label"].data, "dataset": patch["dataset"]}
+            yield {"image": patch["image"].data.float(), "label": patch["label"].data.to(torch.uint8),
+                   "dataset": patch["dataset"]}

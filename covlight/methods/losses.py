@@ -45,12 +45,13 @@ def deep_supervision_weights(levels: int) -> list[float]:
 
 
 def deep_supervision_loss(loss: nn.Module, outputs: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-    """Sum of weighted losses; the target is downsampled (nearest) to each output's resolution."""
+    """Sum of weighted losses; the target is downsampled (nearest) to each output's resolution.
+
+    A zero-weight level is still computed, so every head takes part in the graph (DDP requires it).
+    """
     weights = deep_supervision_weights(len(outputs))
     total = outputs[0].new_zeros(())
     for weight, output in zip(weights, outputs, strict=True):
-        if weight == 0:
-            continue
         scaled = target
         if output.shape[2:] != target.shape[1:]:
             scaled = F.interpolate(target[:, None].float(), size=output.shape[2:], mode="nearest")[:, 0].long()
