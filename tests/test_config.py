@@ -98,3 +98,11 @@ def test_run_folder_follows_identity(tmp_path):
                           f"paths.output_root={tmp_path}"], return_hydra_config=True)
     run_dir = cfg.hydra.run.dir
     assert run_dir.startswith(str(tmp_path / "task3-structseg" / "infection" / "unet3d" / "fold4-seed2"))
+
+
+@pytest.mark.parametrize(("choice", "kind"), [("sgd", "SGD"), ("adamw", "AdamW")])
+def test_optimizer_group(choice, kind, tmp_path):
+    cfg = compose_config(["model=unet2d", f"optimizer={choice}", f"paths.output_dir={tmp_path}"])
+    module = instantiate(cfg.model.module)
+    optimizer = module.optimizer_factory(module.parameters())
+    assert type(optimizer).__name__ == kind
