@@ -13,8 +13,10 @@ import pytest
 from lightning.pytorch.loggers.logger import Logger
 
 from covlight.config import read_status
+from covlight.data.canonical import DatasetError
+from covlight.data.datamodule import SegmentationDataModule
 from covlight.data.phantoms import write_phantom_dataset
-from covlight.data.splits import COVID, official_split
+from covlight.data.splits import COVID, Split, official_split
 from covlight.train import run
 from tests.conftest import REPO, compose_config
 
@@ -72,6 +74,7 @@ def test_2d_train_test_writes_one_row_per_test_case(phantom_root, tmp_path, monk
     capture = CaptureLogger()
     monkeypatch.setattr("covlight.train.instantiate", _instantiate_with(capture))
     cfg = compose_config(["task=task1", "subtask=lung_infection", "fold=1", *TINY_2D, *FAST, "logger=csv",
+                          "callbacks.whole_case_validation.every_n_epochs=1",
                           f"paths.data_dir={phantom_root}", f"paths.output_dir={tmp_path / 'run'}"])
     summary = run(cfg)
     run_dir = tmp_path / "run"
@@ -94,6 +97,7 @@ def test_2d_train_test_writes_one_row_per_test_case(phantom_root, tmp_path, monk
     for structure in ("left_lung", "right_lung", "infection"):
         assert f"test/{COVID}/{structure}/nsd" in capture.metrics
     assert "val/pseudo_dice" in capture.metrics
+    assert 0.0 <= capture.metrics[f"val_cases/{COVID}/infection/nsd"] <= 1.0  # task 1: training cases only
 
 
 def _instantiate_with(capture: CaptureLogger):
@@ -160,3 +164,11 @@ def test_ddp_on_two_cpu_processes_scores_every_case_once(phantom_root, tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     (single_run,) = (tmp_path / "single" / "task1" / "lung" / "unet3d" / "fold0-seed0").iterdir()
     assert read_metrics(single_run / "metrics.csv") == ddp_rows
+
+
+def test_unknown_case_in_split_names_the_file_and_fix(phantom_root):
+    datamodule = SegmentationDataModule(
+        root=str(phantom_root), split=Split(train={COVID: ["coronacases_001", "no_such_case"]}, val={}, test={}),
+        label_values=[0, 1, 2], patch_size=[32, 32, 1], batch_size=2)
+    with pytest.raises(DatasetError, match=r"dataset.json has no case\(s\) \['no_such_case'\].*covlight.prepare"):
+        datamodule.setup("fit")

@@ -59,6 +59,37 @@ def write_rows_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
     os.replace(tmp, path)
 
 
+def load_truth(label_path: str, device: torch.device) -> tuple[torch.Tensor, tuple[float, ...]]:
+    """A ground-truth label map on `device` and its spacing (from the header, as the benchmark's script)."""
+    label_file = nib.load(label_path)
+    truth = torch.from_numpy(np.asarray(label_file.dataobj, dtype=np.uint8)).to(device)
+    return truth, tuple(float(s) for s in label_file.header.get_zooms()[:3])
+
+
+def score_against_truth(prediction: torch.Tensor, label_path: str, structures, annotated) -> dict[str, float]:
+    """Score a prediction on its original grid against the case's ground truth, for the structures the
+    ground truth annotates; the other columns are NaN."""
+    truth, spacing = load_truth(label_path, prediction.device)
+    if tuple(truth.shape) != tuple(prediction.shape):
+        raise RuntimeError(
+            f"{label_path}: shape {tuple(truth.shape)} differs from the prediction's {tuple(prediction.shape)}; "
+            "the case's geometry changed since the dataset was imported."
+        )
+    scores = {c: math.nan for c in metric_columns(structures)}
+    scores.update(score_case(prediction, truth, spacing, structures=[s for s in structures if s in annotated]))
+    return scores
+
+
+def gather_rows(rows: list[dict]) -> list[dict]:
+    """Rows of every rank, each case once (a distributed sampler may repeat a case to even out the ranks)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        gathered: list[list[dict]] = [None] * dist.get_world_size()  # type: ignore[list-item]
+        dist.all_gather_object(gathered, rows)
+        rows = [row for part in gathered for row in part]
+    unique = {(row["dataset"], row["Name"]): row for row in rows}
+    return [unique[key] for key in sorted(unique)]
+
+
 class CaseScoring(pl.Callback):
     """Score each test case against its ground truth on the original grid; write `metrics.csv`; log means."""
 
@@ -78,18 +109,8 @@ class CaseScoring(pl.Callback):
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         prediction = outputs["prediction"]
-        label_file = nib.load(batch["label_path"])
-        truth = torch.from_numpy(np.asarray(label_file.dataobj, dtype=np.uint8)).to(prediction.device)
-        if tuple(truth.shape) != tuple(prediction.shape):
-            raise RuntimeError(
-                f"{batch['label_path']}: shape {tuple(truth.shape)} differs from the prediction's "
-                f"{tuple(prediction.shape)}; the case's geometry changed since the dataset was imported."
-            )
-        spacing = tuple(float(s) for s in label_file.header.get_zooms()[:3])
-        structures = [s for s in self.structures if s in batch["annotated"]]
         row = {"Name": batch["case_id"], "dataset": batch["dataset"]}
-        row.update({c: math.nan for c in metric_columns(self.structures)})
-        row.update(score_case(prediction, truth, spacing, structures=structures))
+        row.update(score_against_truth(prediction, batch["label_path"], self.structures, batch["annotated"]))
         self.rows.append(row)
         if self.save_predictions:
             image_affine = nib.load(batch["image_path"]).affine
@@ -97,26 +118,20 @@ class CaseScoring(pl.Callback):
             save_nifti(target, prediction.to("cpu", torch.uint8).numpy(), image_affine)
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        rows = self.rows
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            gathered: list[list[dict]] = [None] * dist.get_world_size()  # type: ignore[list-item]
-            dist.all_gather_object(gathered, rows)
-            rows = [row for part in gathered for row in part]
-        unique = {(row["dataset"], row["Name"]): row for row in rows}  # a sampler may repeat a case to pad ranks
-        rows = [unique[key] for key in sorted(unique)]
+        rows = gather_rows(self.rows)
         columns = metric_columns(self.structures)
         self.rows = rows
         self.summary = summarise(rows, columns)
         for dataset, per_column in self.summary.items():
             for column, stats in per_column.items():
-                structure, metric = _structure_metric(column)
+                structure, metric = structure_metric(column)
                 pl_module.log(f"test/{dataset}/{structure}/{metric}", stats["mean"], rank_zero_only=True)
         if trainer.is_global_zero:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             write_rows_csv(self.output_dir / METRICS_FILE, rows, columns)
 
 
-def _structure_metric(column: str) -> tuple[str, str]:
+def structure_metric(column: str) -> tuple[str, str]:
     for name, structure in STRUCTURES.items():
         if column == structure.dsc_column:
             return name, "dsc"
