@@ -6,25 +6,51 @@ import logging
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from covlight.config import conf_dir
 from covlight.data.canonical import DatasetError
+from covlight.sweep import record_job_error
 
 log = logging.getLogger("covlight")
 USER_ERRORS = (DatasetError, ValueError, FileExistsError)
 
 
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
-def _hydra_entry(cfg: DictConfig) -> None:
+def _hydra_entry(cfg: DictConfig) -> float | None:
+    """One run. In a sweep a failing job is recorded (status.json, the sweep summary) and the sweep goes on."""
     from covlight.train import run
 
+    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        run(cfg)
+        result = run(cfg)
+        return objective(cfg, result)
     except USER_ERRORS as error:
         log.error("%s", error)
         print(f"\ncovlight: error: {error}", file=sys.stderr)
-        sys.exit(1)
+        if not in_sweep:
+            sys.exit(1)
+        record_job_error(error)
+    except Exception as error:
+        if not in_sweep:
+            raise
+        log.exception("the job failed; the sweep goes on")
+        record_job_error(error)
+    return None
+
+
+def objective(cfg: DictConfig, result: dict) -> float | None:
+    """The value a hyper-parameter sweeper optimises: a validation metric, never a test score."""
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    if not str(name).startswith("val"):
+        raise ValueError(f"optimized_metric={name}: only validation metrics (val...) may be optimised")
+    if name not in result["validation"]:
+        raise ValueError(f"optimized_metric={name} was not logged; logged: {sorted(result['validation'])}")
+    return result["validation"][name]
 
 
 def main() -> None:

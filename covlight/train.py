@@ -72,7 +72,10 @@ def checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> str | None:
 
 
 def run(cfg: DictConfig) -> dict:
-    """Train and test one (task, source, subtask, name, fold, seed); returns the test summary."""
+    """Train and test one (task, source, subtask, name, fold, seed).
+
+    Returns {"test": per-dataset summary of the test scores, "validation": the last validation metrics}.
+    """
     check_combination(cfg)
     run_dir = Path(cfg.paths.output_dir)
     if read_status(run_dir).get("state") == "finished":
@@ -114,6 +117,7 @@ def _train_and_test(cfg: DictConfig, run_dir: Path) -> dict:
         logger.log_hyperparams(config)
     if not cfg.test_only:
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint_to_resume(cfg, run_dir))
+    validation = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
     test_checkpoint = None
     if not cfg.test_only and not trainer.fast_dev_run:
         test_checkpoint = "last"  # Task 1's policy: the last checkpoint, never one chosen on test cases
@@ -122,7 +126,7 @@ def _train_and_test(cfg: DictConfig, run_dir: Path) -> dict:
     trainer.test(module, datamodule=datamodule, ckpt_path=test_checkpoint, weights_only=True)
     scoring = next(c for c in callbacks if isinstance(c, CaseScoring))
     rank_zero_only(print_summary)(scoring.summary, run_dir)
-    return scoring.summary
+    return {"test": scoring.summary, "validation": validation}
 
 
 def print_summary(summary: dict, run_dir: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import subprocess
@@ -76,7 +77,7 @@ def test_2d_train_test_writes_one_row_per_test_case(phantom_root, tmp_path, monk
     cfg = compose_config(["task=task1", "subtask=lung_infection", "fold=1", *TINY_2D, *FAST, "logger=csv",
                           "callbacks.whole_case_validation.every_n_epochs=1",
                           f"paths.data_dir={phantom_root}", f"paths.output_dir={tmp_path / 'run'}"])
-    summary = run(cfg)
+    summary = run(cfg)["test"]
     run_dir = tmp_path / "run"
     rows = read_metrics(run_dir / "metrics.csv")
     expected = official_split("task1", "lung_infection", 1).test[COVID]
@@ -172,3 +173,18 @@ def test_unknown_case_in_split_names_the_file_and_fix(phantom_root):
         label_values=[0, 1, 2], patch_size=[32, 32, 1], batch_size=2)
     with pytest.raises(DatasetError, match=r"dataset.json has no case\(s\) \['no_such_case'\].*covlight.prepare"):
         datamodule.setup("fit")
+
+
+def test_sweep_goes_on_after_a_failed_job_and_says_why(phantom_root, tmp_path):
+    env = {**os.environ, "COVLIGHT_DATA": str(phantom_root)}
+    command = [sys.executable, "-m", "covlight", "-m", *TINY_2D, *FAST, "logger=none", "fold=7,0",
+               f"paths.output_root={tmp_path}"]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "1/2 jobs finished" in result.stderr
+    (summary_file,) = (tmp_path / "sweeps").glob("*.summary.json")
+    summary = json.loads(summary_file.read_text())
+    (failed,) = summary["failed"]
+    assert "fold=7" in failed["overrides"] and "folds 0..4" in failed["error"]
+    (finished,) = summary["finished"]
+    assert "fold0-seed0" in finished and (Path(finished) / "metrics.csv").is_file()
