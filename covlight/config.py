@@ -173,6 +173,10 @@ def _register_resolvers() -> None:
         "covlight.group": group_name,
         "covlight.job_name": job_name,
         "covlight.wandb_offline": lambda: os.environ.get("WANDB_MODE", "offline") != "online",
+        "covlight.job_type": lambda test_only: "test" if test_only else "train",
+        "covlight.tags": lambda task, source, subtask, model: [
+            f"task:{task}", f"source:{source}" if not _null(source) else "source:none",
+            f"subtask:{subtask}", f"model:{model}"],
     }
     for name, function in resolvers.items():
         OmegaConf.register_new_resolver(name, function, replace=True)

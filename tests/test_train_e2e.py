@@ -123,8 +123,14 @@ def test_3d_cli_run_with_offline_wandb(phantom_root, tmp_path):
     rows = read_metrics(run_dir / "metrics.csv")
     assert len(rows) == 16
     assert list(rows[0]) == ["Name", "dataset", "L-lungDSC", "L-lung-1mm", "R-lungDSC", "R-lung-1mm"]
+    assert len(list((run_dir / "overlays" / COVID).glob("*.png"))) == 3
     (offline,) = (run_dir / "wandb").glob("offline-run-*")
     assert list(offline.glob("run-*.wandb"))
+    (table,) = (offline / "files" / "media" / "table" / "test").glob("cases_*.table.json")
+    table = json.loads(table.read_text())
+    assert table["columns"] == ["Name", "dataset", "L-lungDSC", "L-lung-1mm", "R-lungDSC", "R-lung-1mm"]
+    assert sorted(r[0] for r in table["data"]) == sorted(r["Name"] for r in rows)
+    assert len(list((offline / "files" / "media" / "images" / "test").glob("overlays_*.png"))) == 3
     sync = subprocess.run([str(Path(sys.executable).parent / "wandb"), "sync", "--dry-run", str(offline)],
                           capture_output=True, text=True, env=env, timeout=120)
     assert sync.returncode == 0, sync.stderr

@@ -16,7 +16,9 @@ import nibabel as nib
 import numpy as np
 import torch
 import torch.distributed as dist
+from lightning.pytorch.loggers import WandbLogger
 
+from covlight.callbacks.overlays import save_overlay
 from covlight.data.canonical import save_nifti
 from covlight.metrics import STRUCTURES, score_case
 
@@ -93,16 +95,19 @@ def gather_rows(rows: list[dict]) -> list[dict]:
 class CaseScoring(pl.Callback):
     """Score each test case against its ground truth on the original grid; write `metrics.csv`; log means."""
 
-    def __init__(self, output_dir: str, structures, label_values, save_predictions: bool = True):
+    def __init__(self, output_dir: str, structures, label_values, save_predictions: bool = True,
+                 overlay_cases: int = 3):
         self.output_dir = Path(output_dir)
         self.structures = list(structures)
         self.label_values = list(label_values)
         self.save_predictions = save_predictions
+        self.overlay_cases = overlay_cases
         self.rows: list[dict] = []
+        self.overlays: list[Path] = []
         self.summary: dict = {}
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.rows = []
+        self.rows, self.overlays = [], []
         path = self.output_dir / METRICS_FILE
         if path.exists():
             raise FileExistsError(f"{path} exists: a finished test is never overwritten; start a new run.")
@@ -112,6 +117,8 @@ class CaseScoring(pl.Callback):
         row = {"Name": batch["case_id"], "dataset": batch["dataset"]}
         row.update(score_against_truth(prediction, batch["label_path"], self.structures, batch["annotated"]))
         self.rows.append(row)
+        if trainer.is_global_zero and len(self.overlays) < self.overlay_cases:
+            self.overlays.append(self._overlay(batch, prediction))
         if self.save_predictions:
             image_affine = nib.load(batch["image_path"]).affine
             target = self.output_dir / "predictions" / batch["dataset"] / f"{batch['case_id']}.nii.gz"
@@ -129,6 +136,20 @@ class CaseScoring(pl.Callback):
         if trainer.is_global_zero:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             write_rows_csv(self.output_dir / METRICS_FILE, rows, columns)
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger):
+                    logger.log_table(key="test/cases", columns=["Name", "dataset", *columns],
+                                     data=[[row[c] for c in ["Name", "dataset", *columns]] for row in rows])
+                    if self.overlays:
+                        logger.log_image(key="test/overlays", images=[str(p) for p in self.overlays],
+                                         caption=[p.stem for p in self.overlays])
+
+    def _overlay(self, batch: dict, prediction: torch.Tensor) -> Path:
+        image = np.asarray(nib.load(batch["image_path"]).dataobj, dtype=np.float32)
+        truth = np.asarray(nib.load(batch["label_path"]).dataobj, dtype=np.uint8)
+        path = self.output_dir / "overlays" / batch["dataset"] / f"{batch['case_id']}.png"
+        return save_overlay(image, truth, prediction.cpu().numpy(), path, f"{batch['dataset']} / {batch['case_id']}",
+                            label_values=[v for v in self.label_values if v])
 
 
 def structure_metric(column: str) -> tuple[str, str]:

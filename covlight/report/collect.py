@@ -1,0 +1,199 @@
+"""Find run folders, keep the finished ones, and read their identity and per-case metrics.
+
+A run folder is one with a `status.json` (written by training: state running | failed | finished, and the run
+identity). Only finished runs count; every other folder is listed as skipped, with the reason. Of several finished
+runs of one identity (a rerun of the same fold and seed), the newest folder is used and the others are skipped as
+superseded. For tasks with folds, the folds (and seeds) a method lacks are listed as missing.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from covlight.config import STATUS_FILE, read_status
+from covlight.metrics import STRUCTURES
+
+METRICS_FILE = "metrics.csv"
+CONFIG_FILE = "config.yaml"
+METRIC_COLUMNS = tuple(column for s in STRUCTURES.values() for column in (s.dsc_column, s.nsd_column))
+# Folds per task when a run folder has no config.yaml to say so (the official 5 folds; task2 has one split).
+DEFAULT_NUM_FOLDS = {"task1": 5, "task3": 5}
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished run: its identity, split variant, and per-case rows {"Name", "dataset", column: float}."""
+
+    path: Path
+    task: str
+    source: str | None
+    subtask: str
+    name: str
+    model: str | None
+    fold: int | None
+    seed: int
+    variant: str
+    num_folds: int | None
+    cases: tuple[dict, ...]
+
+    @property
+    def setting(self) -> tuple[str, str | None, str, str]:
+        """What makes results comparable: (task, source, subtask, split variant)."""
+        return self.task, self.source, self.subtask, self.variant
+
+    @property
+    def method(self) -> tuple:
+        return (*self.setting, self.name)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: Path
+    reason: str
+
+
+@dataclass
+class Collection:
+    runs: list[Run] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
+    """Every folder holding a status.json at or below `paths` (not descending into a run folder)."""
+    found = []
+    for root in paths:
+        for folder, subfolders, files in os.walk(root):
+            if STATUS_FILE in files:
+                found.append(Path(folder))
+                subfolders.clear()
+            else:
+                subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+    return sorted(set(found))
+
+
+def read_run(path: Path) -> Run | Skipped:
+    """The finished run in `path`, or why it cannot be used."""
+    status = read_status(path)
+    state = status.get("state")
+    if state != "finished":
+        if state == "failed":
+            return Skipped(path, f"failed: {status.get('error', 'no error recorded')}")
+        return Skipped(path, "running (not finished)" if state == "running" else f"unreadable {STATUS_FILE}")
+    identity = status.get("identity") or {}
+    lacking = [key for key in ("task", "subtask", "name", "seed") if identity.get(key) is None]
+    if lacking:
+        return Skipped(path, f"{STATUS_FILE} identity lacks {', '.join(lacking)}")
+    if not (path / METRICS_FILE).is_file():
+        return Skipped(path, f"finished but no {METRICS_FILE}")
+    try:
+        cases = read_metrics(path / METRICS_FILE)
+    except (OSError, ValueError, KeyError) as error:
+        return Skipped(path, f"unreadable {METRICS_FILE}: {error}")
+    if not cases:
+        return Skipped(path, f"{METRICS_FILE} has no case rows")
+    task_config = read_task_config(path)
+    fold = identity.get("fold")
+    has_folds = task_config.get("has_folds", identity["task"] in DEFAULT_NUM_FOLDS)
+    return Run(
+        path=path,
+        task=str(identity["task"]),
+        source=identity.get("source"),
+        subtask=str(identity["subtask"]),
+        name=str(identity["name"]),
+        model=identity.get("model"),
+        fold=None if fold is None else int(fold),
+        seed=int(identity["seed"]),
+        variant=str(task_config.get("variant", "official")),
+        num_folds=int(task_config.get("num_folds", DEFAULT_NUM_FOLDS.get(identity["task"], 1))) if has_folds else None,
+        cases=tuple(cases),
+    )
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """metrics.csv rows with the metric columns as floats ('nan' stays NaN; unknown columns are dropped)."""
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    cases = []
+    for row in rows:
+        case = {"Name": row["Name"], "dataset": row["dataset"]}
+        case.update({column: float(row[column]) for column in METRIC_COLUMNS if row.get(column) not in (None, "")})
+        cases.append(case)
+    return cases
+
+
+def read_task_config(path: Path) -> dict:
+    """The `task` block of the run's config.yaml ({} when absent or unreadable): split variant and folds."""
+    try:
+        config = yaml.safe_load((path / CONFIG_FILE).read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    task = config.get("task") if isinstance(config, dict) else None
+    return task if isinstance(task, dict) else {}
+
+
+def collect(paths: Iterable[Path], progress: Callable[[list], Iterable] = iter) -> Collection:
+    """Finished runs under `paths`, what was skipped and why, and what each method lacks.
+
+    `progress` wraps the list of run folders while they are read (e.g. a progress bar).
+    """
+    collection = Collection()
+    newest: dict[tuple, Run] = {}
+    for path in progress(find_run_dirs(paths)):
+        result = read_run(path)
+        if isinstance(result, Skipped):
+            collection.skipped.append(result)
+            continue
+        key = (*result.method, result.fold, result.seed)
+        older = newest.get(key)
+        if older is not None:  # folders sort by timestamp: the later one is the newer run
+            collection.skipped.append(Skipped(older.path, f"superseded by the newer finished run {result.path}"))
+        newest[key] = result
+    collection.runs = sorted(newest.values(), key=lambda run: str(run.path))
+    collection.missing = missing_runs(collection.runs)
+    return collection
+
+
+def missing_runs(runs: list[Run]) -> list[str]:
+    """Per method: the folds it has no finished run of, and the folds that lack a seed other folds have."""
+    by_method: dict[tuple, dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
+    num_folds: dict[tuple, int] = {}
+    for run in runs:
+        if run.num_folds is not None and run.fold is not None:
+            by_method[run.method][run.fold].add(run.seed)
+            num_folds[run.method] = run.num_folds
+    lines = []
+    for method, seeds_by_fold in sorted(by_method.items(), key=lambda item: str(item[0])):
+        label = method_label(method)
+        absent = [fold for fold in range(num_folds[method]) if fold not in seeds_by_fold]
+        if absent:
+            finished = _plural("fold", sorted(seeds_by_fold))
+            lines.append(f"{label}: {_plural('fold', absent)} missing (finished: {finished})")
+        all_seeds = set().union(*seeds_by_fold.values())
+        for fold, seeds in sorted(seeds_by_fold.items()):
+            if seeds != all_seeds:
+                lines.append(f"{label}: fold {fold} lacks {_plural('seed', sorted(all_seeds - seeds))}")
+    return lines
+
+
+def setting_label(setting: tuple) -> str:
+    """'task1 · lung_infection', 'task3-nsclc · infection · grouped split' (the variant when not official)."""
+    task, source, subtask, variant = setting
+    parts = [task if source is None else f"{task}-{source}", subtask]
+    return " · ".join(parts if variant == "official" else [*parts, f"{variant} split"])
+
+
+def method_label(method: tuple) -> str:
+    """The setting's label and the method's name: 'task1 · lung_infection · unet2d'."""
+    return f"{setting_label(method[:4])} · {method[4]}"
+
+
+def _plural(word: str, items: list) -> str:
+    return f"{word}{'s' if len(items) > 1 else ''} {', '.join(map(str, items))}"
