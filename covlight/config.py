@@ -136,13 +136,13 @@ def write_status(run_dir: Path, state: str, **extra) -> None:
 _RUN_DIRS: dict[tuple, Path] = {}
 
 
-def run_dir(output_root, task, source, subtask, name, fold, seed, resume) -> str:
+def run_dir(output_root, task, source, subtask, name, fold, seed, resume, job=0) -> str:
     """The run folder: a new timestamped folder, or with resume=auto the newest unfinished one.
 
-    Cached per identity so Hydra's repeated resolution yields one folder; a timestamp that already exists gets
-    a suffix, so two runs never share (and overwrite) a folder.
+    A new folder is claimed by creating it, so two jobs (even in parallel processes) never share one and
+    nothing is overwritten. Cached per identity and sweep job, as Hydra resolves the path more than once.
     """
-    key = (str(output_root), task, source, subtask, name, fold, seed, resume)
+    key = (str(output_root), task, source, subtask, name, fold, seed, resume, job)
     if key in _RUN_DIRS:
         return str(_RUN_DIRS[key])
     parent = Path(str(output_root)).joinpath(*identity_parts(task, source, subtask, name, fold, seed))
@@ -154,10 +154,14 @@ def run_dir(output_root, task, source, subtask, name, fold, seed, resume) -> str
         raise ConfigError(f"resume={resume!r}: use resume=auto, or ckpt_path=<checkpoint> for a given checkpoint")
     if chosen is None:
         stamp = _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-        chosen, suffix = parent / stamp, 1
-        while chosen.exists():
-            suffix += 1
-            chosen = parent / f"{stamp}_{suffix}"
+        parent.mkdir(parents=True, exist_ok=True)
+        for suffix in range(1, 10_000):
+            chosen = parent / (stamp if suffix == 1 else f"{stamp}_{suffix}")
+            try:
+                chosen.mkdir()
+                break
+            except FileExistsError:
+                continue
     _RUN_DIRS[key] = chosen
     return str(chosen)
 

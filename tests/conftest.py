@@ -33,6 +33,16 @@ def compose_config(overrides: list[str], return_hydra_config: bool = False):
 
 
 @pytest.fixture(scope="session")
+def phantom_root(tmp_path_factory) -> Path:
+    """A datasets root holding 20 small COVID phantoms under the official case names (covid19_ct_seg/)."""
+    from covlight.data.phantoms import write_phantom_dataset
+
+    root = tmp_path_factory.mktemp("data")
+    write_phantom_dataset(root / "covid19_ct_seg", cases=20, seed=0, size="small", progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     data = SHARED / "data"
     if not data.is_dir():

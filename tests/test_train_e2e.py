@@ -16,7 +16,6 @@ from lightning.pytorch.loggers.logger import Logger
 from covlight.config import read_status
 from covlight.data.canonical import DatasetError
 from covlight.data.datamodule import SegmentationDataModule
-from covlight.data.phantoms import write_phantom_dataset
 from covlight.data.splits import COVID, Split, official_split
 from covlight.train import run
 from tests.conftest import REPO, compose_config
@@ -34,13 +33,6 @@ FAST = [
     "trainer=debug", "data.batches_per_epoch=2", "data.samples_per_volume=2", "data.patch_buffer=4",
     "data.num_workers=0", "data.val_patches_per_case=1", "print_config=false",
 ]
-
-
-@pytest.fixture(scope="session")
-def phantom_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    write_phantom_dataset(root / COVID, cases=20, seed=0, size="small", progress=False)
-    return root
 
 
 class CaptureLogger(Logger):

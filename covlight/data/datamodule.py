@@ -133,6 +133,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         patch_buffer: int = 96,
         num_workers: int = 2,
         val_patches_per_case: int = 4,
+        inner_validation: int = 0,
         augmentation: dict | None = None,
     ):
         super().__init__()
@@ -149,6 +150,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.patch_buffer = patch_buffer
         self.num_workers = num_workers
         self.val_patches_per_case = val_patches_per_case
+        self.inner_validation = inner_validation
         self.augmentation = dict(augmentation or {})
         self.target_spacing: tuple[float, ...] | None = None
         self.records: dict[str, list[CaseRecord]] = {}
@@ -192,6 +194,11 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.records["train"] = self._records(self.split.train, need_labels=True, what="the training split")
         self.records["val"] = self._records(self.split.val, need_labels=True, what="the validation split")
         self.records["test"] = self._records(self.split.test, need_labels=True, what="the test split")
+        if self.inner_validation and not self.records["val"]:
+            if self.inner_validation >= len(self.records["train"]):
+                raise DatasetError(f"data.inner_validation={self.inner_validation} leaves no training case")
+            self.records["val"] = self.records["train"][-self.inner_validation:]
+            self.records["train"] = self.records["train"][: -self.inner_validation]
         if not self.records["train"]:
             raise DatasetError("the split has no training cases; check task, source and fold")
         for record in self.records["train"] + self.records["val"] + self.records["test"]:

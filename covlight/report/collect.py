@@ -1,9 +1,10 @@
 """Find run folders, keep the finished ones, and read their identity and per-case metrics.
 
-A run folder is one with a `status.json` (written by training: state running | failed | finished, and the run
-identity). Only finished runs count; every other folder is listed as skipped, with the reason. Of several finished
-runs of one identity (a rerun of the same fold and seed), the newest folder is used and the others are skipped as
-superseded. For tasks with folds, the folds (and seeds) a method lacks are listed as missing.
+A run folder is one with a `status.json` (written by training: state running | failed | finished, and the
+run identity). Only finished runs count; every other folder is listed as skipped, with the reason. Of
+several finished runs of one identity (a rerun of the same fold and seed), the newest folder is used and the
+others are skipped as superseded. For tasks with folds, the folds (and seeds) a method lacks are listed as
+missing.
 """
 
 from __future__ import annotations
@@ -101,7 +102,9 @@ def read_run(path: Path) -> Run | Skipped:
         return Skipped(path, f"{METRICS_FILE} has no case rows")
     task_config = read_task_config(path)
     fold = identity.get("fold")
-    has_folds = task_config.get("has_folds", identity["task"] in DEFAULT_NUM_FOLDS)
+    num_folds = None
+    if task_config.get("has_folds", identity["task"] in DEFAULT_NUM_FOLDS):
+        num_folds = int(task_config.get("num_folds", DEFAULT_NUM_FOLDS.get(identity["task"], 1)))
     return Run(
         path=path,
         task=str(identity["task"]),
@@ -112,7 +115,7 @@ def read_run(path: Path) -> Run | Skipped:
         fold=None if fold is None else int(fold),
         seed=int(identity["seed"]),
         variant=str(task_config.get("variant", "official")),
-        num_folds=int(task_config.get("num_folds", DEFAULT_NUM_FOLDS.get(identity["task"], 1))) if has_folds else None,
+        num_folds=num_folds,
         cases=tuple(cases),
     )
 
@@ -124,7 +127,7 @@ def read_metrics(path: Path) -> list[dict]:
     cases = []
     for row in rows:
         case = {"Name": row["Name"], "dataset": row["dataset"]}
-        case.update({column: float(row[column]) for column in METRIC_COLUMNS if row.get(column) not in (None, "")})
+        case.update({c: float(row[c]) for c in METRIC_COLUMNS if row.get(c) not in (None, "")})
         cases.append(case)
     return cases
 
@@ -152,9 +155,10 @@ def collect(paths: Iterable[Path], progress: Callable[[list], Iterable] = iter) 
             collection.skipped.append(result)
             continue
         key = (*result.method, result.fold, result.seed)
-        older = newest.get(key)
-        if older is not None:  # folders sort by timestamp: the later one is the newer run
-            collection.skipped.append(Skipped(older.path, f"superseded by the newer finished run {result.path}"))
+        if key in newest:  # run folders are named by their start time: the later name is the newer run
+            older, result = sorted((newest[key], result), key=lambda run: (run.path.name, str(run.path)))
+            reason = f"superseded by the newer finished run {result.path}"
+            collection.skipped.append(Skipped(older.path, reason))
         newest[key] = result
     collection.runs = sorted(newest.values(), key=lambda run: str(run.path))
     collection.missing = missing_runs(collection.runs)

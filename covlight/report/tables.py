@@ -1,10 +1,11 @@
 """Per-case results aggregated into the benchmark's tables, beside the published nnU-Net baselines.
 
 Each number is mean ± std in % over test cases (population std, as `covlight.callbacks.scoring` and the
-benchmark's summaries), NaN cases left out and counted. "Pooled" is over every case of every fold and seed of a
-method; "per fold" over the cases of one fold (all its seeds). A structure that no case of a test set scores
+benchmark's summaries), NaN cases left out and counted. "Pooled" is over every case of every fold and seed of
+a method; "per fold" over the cases of one fold (all its seeds). A structure that no case of a test set scores
 (all NaN, e.g. the lungs on MosMed, whose truth annotates infection only) is left out of that set's table.
-Aggregated rows are "long": one per (task, source, subtask, variant, name[, fold], dataset, structure, metric).
+Aggregated rows are "long": one per (task, source, subtask, variant, name[, fold], dataset, structure,
+metric).
 """
 
 from __future__ import annotations
@@ -29,33 +30,38 @@ BASELINES = {"2D": "2D U-Net (nnU-Net)", "3D": "3D U-Net (nnU-Net)"}  # column k
 
 # Where our runs meet the published rows (covlight/resources/baselines; see baselines.py).
 # (task, source, subtask, split) -> (summary `setting`, per-fold `setting`, per-fold `training_source`).
-# split "official" serves the patient-grouped variant too (same training; folds 2 and 4 score one case fewer,
-# which the report notes); "train80" is task1's 80%-training variant, published per fold only (3D).
-# The summary puts a source's lung and infection models under one setting (Task2-StructSeg = StructSeg lungs +
-# StructSeg GTV); its structure column tells them apart. Absent keys (source=all, custom tasks) have no baseline.
+# - split "official" serves the patient-grouped variant too (same training; a fold that straddles the twin
+#   scans scores one case fewer, which the report notes); "train80" is task1's 80%-training variant,
+#   published per fold only (3D; no lung-only rows).
+# - The summary puts a source's lung and infection models under one setting (Task2-StructSeg = StructSeg lungs
+#   + StructSeg GTV); its structure column tells them apart. task3 MSD lungs (masks released after the paper's
+#   task2) have a summary row but no per-fold table.
+# - Absent keys (source=all, task2 MSD lungs, custom tasks) have no published row: the report shows "–".
+_COVID4 = "COVID-19-CT-Seg(4)"
 PUBLISHED_SETTINGS: dict[tuple, tuple[str | None, str | None, str | None]] = {
-    ("task1", None, "lung", "official"): ("Task1-Separate", "20pct_train_lung_subtask", "COVID-19-CT-Seg(4)"),
-    ("task1", None, "infection", "official"): (
-        "Task1-Separate", "20pct_train_infection_subtask", "COVID-19-CT-Seg(4)"),
-    ("task1", None, "lung_infection", "official"): (
-        "Task1-Union", "20pct_train_lung_and_infection_subtask", "COVID-19-CT-Seg(4)"),
+    ("task1", None, "lung", "official"): ("Task1-Separate", "20pct_train_lung_subtask", _COVID4),
+    ("task1", None, "infection", "official"): ("Task1-Separate", "20pct_train_infection_subtask", _COVID4),
+    ("task1", None, "lung_infection", "official"):
+        ("Task1-Union", "20pct_train_lung_and_infection_subtask", _COVID4),
     ("task1", None, "infection", "train80"): (None, "80pct_train_infection_subtask", "COVID-19-CT-Seg(16)"),
-    ("task1", None, "lung_infection", "train80"): (
-        None, "80pct_train_lung_and_infection_subtask", "COVID-19-CT-Seg(16)"),
+    ("task1", None, "lung_infection", "train80"):
+        (None, "80pct_train_lung_and_infection_subtask", "COVID-19-CT-Seg(16)"),
     ("task2", "structseg", "lung", "official"): ("Task2-StructSeg", "lung_subtask", "StructSeg Lung"),
-    ("task2", "structseg", "infection", "official"): ("Task2-StructSeg", "infection_subtask", "StructSeg Gross Target"),
+    ("task2", "structseg", "infection", "official"):
+        ("Task2-StructSeg", "infection_subtask", "StructSeg Gross Target"),
     ("task2", "nsclc", "lung", "official"): ("Task2-NSCLC", "lung_subtask", "NSCLC Lung"),
     ("task2", "nsclc", "infection", "official"): ("Task2-NSCLC", "infection_subtask", "NSCLC-PE"),
     ("task2", "msd", "infection", "official"): ("Task2-MSD", "infection_subtask", "MSD Lung Tumor"),
-    ("task3", "structseg", "lung", "official"): (
-        "Task3-StructSeg", "lung_subtask", "StructSeg Lung + COVID-19-CT-Seg(4)"),
-    ("task3", "structseg", "infection", "official"): (
-        "Task3-StructSeg", "infection_subtask", "StructSeg Gross Target + COVID-19-CT-Seg(4)"),
-    ("task3", "nsclc", "lung", "official"): ("Task3-NSCLC", "lung_subtask", "NSCLC Lung + COVID-19-CT-Seg(4)"),
-    ("task3", "nsclc", "infection", "official"): ("Task3-NSCLC", "infection_subtask", "NSCLC-PE + COVID-19-CT-Seg(4)"),
-    ("task3", "msd", "lung", "official"): ("Task3-MSD", None, None),  # MSD lung masks: summary row only
-    ("task3", "msd", "infection", "official"): (
-        "Task3-MSD", "infection_subtask", "MSD Lung Tumor + COVID-19-CT-Seg(4)"),
+    ("task3", "structseg", "lung", "official"):
+        ("Task3-StructSeg", "lung_subtask", f"StructSeg Lung + {_COVID4}"),
+    ("task3", "structseg", "infection", "official"):
+        ("Task3-StructSeg", "infection_subtask", f"StructSeg Gross Target + {_COVID4}"),
+    ("task3", "nsclc", "lung", "official"): ("Task3-NSCLC", "lung_subtask", f"NSCLC Lung + {_COVID4}"),
+    ("task3", "nsclc", "infection", "official"):
+        ("Task3-NSCLC", "infection_subtask", f"NSCLC-PE + {_COVID4}"),
+    ("task3", "msd", "lung", "official"): ("Task3-MSD", None, None),
+    ("task3", "msd", "infection", "official"):
+        ("Task3-MSD", "infection_subtask", f"MSD Lung Tumor + {_COVID4}"),
 }
 # (task, split, test set) -> (summary `eval_set`, per-fold `eval_set`); None = not published.
 EVAL_SETS: dict[tuple[str, str, str], tuple[str | None, str | None]] = {
@@ -86,15 +92,13 @@ CASE_COLUMNS = [*IDENTITY_COLUMNS, "model", "fold", "seed", "run", "Name", "data
 @cache
 def _published_index() -> dict[tuple, tuple[float | None, float | None]]:
     """(task, model, setting, training_source, fold, eval_set, structure, metric) -> (mean, std) in %."""
-    return {
-        (row["task"].lower(), row["model"], row["setting"], row["training_source"], row["fold"], row["eval_set"],
-         row["structure"], row["metric"]): (row["mean"], row["std"])
-        for row in published_table()
-    }
+    columns = ("model", "setting", "training_source", "fold", "eval_set", "structure", "metric")
+    return {(row["task"].lower(), *(row[column] for column in columns)): (row["mean"], row["std"])
+            for row in published_table()}
 
 
-def test_set_kind(dataset: str, source: str | None, subtask: str) -> str | None:
-    """COVID, MOSMED, IN_DOMAIN (the source's own held-out set for this subtask) or None (no published set)."""
+def eval_kind(dataset: str, source: str | None, subtask: str) -> str | None:
+    """COVID, MOSMED, IN_DOMAIN (the source's held-out set for this subtask) or None (no published set)."""
     if dataset in (COVID, MOSMED):
         return dataset
     in_domain = (SOURCE_SPLITS | TASK3_ONLY_SPLITS).get((source, subtask))
@@ -103,7 +107,7 @@ def test_set_kind(dataset: str, source: str | None, subtask: str) -> str | None:
 
 def published(dims: str, setting: tuple, dataset: str, structure: str, metric: str,
               fold: int | None = None, pooled: bool = True) -> tuple[float | None, float | None]:
-    """The published (mean, std) in % of nnU-Net `dims` ("2D"/"3D") matching our cell; (None, None) if none.
+    """The published (mean, std) in % of nnU-Net `dims` ("2D"/"3D") for our cell; (None, None) if none.
 
     Pooled cells come from the summary table (2D and 3D); where it has no row (in-domain sets, task1's 80%
     variant), from the 3D per-fold files' pooled rows ("Avg" over folds, or task2's "single_split"). Per-fold
@@ -112,7 +116,7 @@ def published(dims: str, setting: tuple, dataset: str, structure: str, metric: s
     task, source, subtask, variant = setting
     split = "train80" if variant.startswith("train80") else "official"
     settings = PUBLISHED_SETTINGS.get((task, source, subtask, split))
-    eval_sets = EVAL_SETS.get((task, split, test_set_kind(dataset, source, subtask) or ""))
+    eval_sets = EVAL_SETS.get((task, split, eval_kind(dataset, source, subtask) or ""))
     if settings is None or eval_sets is None:
         return None, None
     (summary_setting, fold_setting, training_source), (summary_eval, fold_eval) = settings, eval_sets
@@ -140,31 +144,30 @@ def case_stats(values: list[float]) -> dict:
 
 
 def aggregate(runs: list[Run], per_fold: bool = False) -> list[dict]:
-    """Long rows: our stats per (method[, fold], dataset, structure, metric) and the matching published cells."""
+    """Long rows: our stats per (method[, fold], dataset, structure, metric) and the published cells."""
     groups: dict[tuple, list[tuple[Run, dict]]] = defaultdict(list)
     for run in runs:
         for case in run.cases:
             groups[(run.method, run.fold if per_fold else None, case["dataset"])].append((run, case))
     rows = []
-    for (method, fold, dataset), items in sorted(groups.items(), key=lambda item: _order(*item[0])):
-        setting = method[:4]
+    for (method, fold, dataset), items in sorted(groups.items(), key=lambda item: benchmark_order(*item[0])):
         used = list({id(run): run for run, _ in items}.values())
+        about = dict(zip(IDENTITY_COLUMNS, method, strict=True)) | {
+            "fold": fold, "dataset": dataset, "runs": len(used),
+            "folds": _join({run.fold for run in used}), "seeds": _join({run.seed for run in used})}
         for structure, spec in STRUCTURES.items():
             columns = {"dsc": spec.dsc_column, "nsd": spec.nsd_column}
-            values = {metric: [case.get(column, math.nan) for _, case in items] for metric, column in columns.items()}
+            values = {metric: [case.get(column, math.nan) for _, case in items]
+                      for metric, column in columns.items()}
             if all(math.isnan(value) for metric_values in values.values() for value in metric_values):
                 continue
             for metric, metric_values in values.items():
-                row = dict(zip(IDENTITY_COLUMNS, method, strict=True))
-                row |= {"fold": fold, "dataset": dataset, "structure": structure, "metric": metric}
-                row |= case_stats(metric_values)
-                row |= {"runs": len(used), "folds": _join({run.fold for run in used}),
-                        "seeds": _join({run.seed for run in used})}
+                row = about | {"structure": structure, "metric": metric} | case_stats(metric_values)
                 for dims in BASELINES:
-                    mean, std = published(dims, setting, dataset, structure, metric, fold, pooled=not per_fold)
+                    mean, std = published(dims, method[:4], dataset, structure, metric, fold, not per_fold)
+                    diff = None if mean is None or math.isnan(row["mean"]) else row["mean"] - mean
                     key = dims.lower()
-                    row |= {f"published_{key}_mean": mean, f"published_{key}_std": std,
-                            f"diff_{key}": None if mean is None or math.isnan(row["mean"]) else row["mean"] - mean}
+                    row |= {f"published_{key}_mean": mean, f"published_{key}_std": std, f"diff_{key}": diff}
                 rows.append(row)
     return rows
 
@@ -183,12 +186,13 @@ def _join(values: set) -> str:
     return ";".join(str(value) for value in sorted(value for value in values if value is not None))
 
 
-def _order(method: tuple, fold: int | None, dataset: str) -> tuple:
-    """Benchmark order: task, source, subtask, variant, test set (COVID, MosMed, others), fold, method name."""
+def benchmark_order(method: tuple, fold: int | None, dataset: str) -> tuple:
+    """The benchmark's order: task, source, subtask, variant, test set (COVID, MosMed, others), fold, name."""
     task, source, subtask, variant, name = method
     subtask_rank = SUBTASK_ORDER.index(subtask) if subtask in SUBTASK_ORDER else len(SUBTASK_ORDER)
     dataset_rank = (0 if dataset == COVID else 1 if dataset == MOSMED else 2, dataset)
-    return task, source or "", subtask_rank, subtask, variant, dataset_rank, -1 if fold is None else fold, name
+    fold_rank = -1 if fold is None else fold
+    return task, source or "", subtask_rank, subtask, variant, dataset_rank, fold_rank, name
 
 
 # ------------------------------------------------------------------------------------------ writers
@@ -231,21 +235,24 @@ def _fold_lines(rows: list[dict], cells: list[tuple], digits: int, per_fold: boo
     by_name: dict[str, dict[tuple, dict]] = defaultdict(dict)
     for row in rows:
         by_name[row["name"]][(row["structure"], row["metric"])] = row
-    first = {cell: next((row for row in rows if (row["structure"], row["metric"]) == cell), None) for cell in cells}
+    first = {}  # the published cells are the same in every method's row: take the first
+    for row in rows:
+        first.setdefault((row["structure"], row["metric"]), row)
     lead = [] if not per_fold else ["–" if rows[0]["fold"] is None else str(rows[0]["fold"])]
     lines = []
     for name, row_of in sorted(by_name.items()):
         any_row = next(iter(row_of.values()))
         cases = max(row["n"] + row["nan"] for row in row_of.values())
-        meta = [any_row["seeds"]] if per_fold else [any_row["folds"] or "–", str(any_row["runs"])]
+        folds = any_row["folds"].replace(";", ", ") or "–"
+        meta = [any_row["seeds"]] if per_fold else [folds, str(any_row["runs"])]
         lines.append(_line([*lead, name, *meta, str(cases)], [_ours(row_of.get(c), digits) for c in cells]))
     for dims in BASELINES if not per_fold else ("3D",):
         key = dims.lower()
-        published_cells = [(first[c] or {}).get(f"published_{key}_mean") for c in cells]
+        published_cells = [first.get(c, {}).get(f"published_{key}_mean") for c in cells]
         if per_fold and all(value is None for value in published_cells):
             continue  # per fold, a baseline row only where the benchmark published that fold
         blanks = [""] if per_fold else ["", ""]
-        texts = [_published(first[c], key, digits) for c in cells]
+        texts = [_published(first.get(c), key, digits) for c in cells]
         lines.append(_line([*lead, f"nnU-Net {dims} (published)", *blanks, ""], texts))
         if all(value is None for value in published_cells):
             continue
@@ -282,12 +289,12 @@ def report_markdown(collection: Collection, summary: list[dict], per_fold: list[
     methods = sorted({run.method for run in runs})
     lines = [
         "# covlight report", "",
-        f"{len(runs)} finished runs of {len(methods)} method(s) under {', '.join(f'`{r}`' for r in roots)}; "
-        f"{len(skipped)} run folder(s) skipped.", "",
-        "Mean ± std in % over test cases (population std); cases with NaN (structure absent from both truth and "
-        "prediction) are left out and counted as `(k NaN)`. Published rows are the benchmark's nnU-Net baselines "
-        "(Ma et al., Medical Physics 2021); `ours − published` is the difference of the means in percentage "
-        "points; `–` means not published (or not computable).", "",
+        f"Finished runs: {len(runs)} ({len(methods)} methods) under {', '.join(f'`{r}`' for r in roots)}; "
+        f"skipped run folders: {len(skipped)}.", "",
+        "Mean ± std in % over test cases (population std); cases with NaN (structure absent from both truth "
+        "and prediction) are left out and counted as `(k NaN)`. Published rows are the benchmark's nnU-Net "
+        "baselines (Ma et al., Medical Physics 2021); `ours − published` is the difference of the means in "
+        "percentage points; `–` means not published (or not computable).", "",
         "## Coverage", "",
     ]
     if collection.missing:
@@ -303,12 +310,13 @@ def report_markdown(collection: Collection, summary: list[dict], per_fold: list[
               "## Per-case distributions", ""]
     lines += [f"![{title}]({file})\n" for title, file in plots.items()]
     lines += ["## Notes", "",
-              "- Published numbers are shown as printed, including two typos in the per-fold tables: Task1 fold 4 "
-              "left-lung DSC std 75.97 (\"0.8833±0.7597\") and Task3 StructSeg-GTV fold 1 NSD \"00.7605\".",
+              "- Published numbers are shown as printed, including two typos in the per-fold tables: Task1 "
+              "fold 4 left-lung DSC std 75.97 (\"0.8833±0.7597\") and Task3 StructSeg-GTV fold 1 NSD "
+              "\"00.7605\".",
               "- Pooled published cells come from the README summary table; where it has none (in-domain "
               "held-out sets, task1's 80% variant) from the 3D per-fold tables' pooled rows."]
     if any(run.variant.endswith("grouped") for run in runs):
-        lines.append("- Grouped split variant: compared with the official folds' published numbers; folds 2 and 4 "
-                     "score one case fewer (the twin scan in training).")
+        lines.append("- Grouped split variants are compared with the published (ungrouped) folds; a fold "
+                     "that straddles the twin scans radiopaedia_10_85902_1/_3 scores one case fewer.")
     lines += ["- Data: `summary.csv`, `per_fold.csv`, `cases.csv` (every per-case row with its run).", ""]
     return "\n".join(lines)

@@ -1,0 +1,128 @@
+"""`python -m covlight.report RUNS... --out DIR [--force]`: the benchmark report of finished runs.
+
+RUNS are run folders or any folders above them (e.g. outputs/). Writes DIR/report.md (coverage, pooled and
+per-fold tables beside the published nnU-Net baselines, plots), DIR/summary.csv, DIR/per_fold.csv,
+DIR/cases.csv, DIR/boxplot_dsc.png and DIR/boxplot_nsd.png. Everything is written to a temporary folder next
+to DIR and moved into place when whole (report.md last); an existing DIR/report.md is replaced only with
+--force. Progress goes to stderr, a short summary table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import uuid
+from collections import Counter
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
+
+from covlight.metrics import STRUCTURES
+from covlight.report.collect import Collection, collect, setting_label
+from covlight.report.plots import draw_boxplots
+from covlight.report.tables import (
+    CASE_COLUMNS,
+    PER_FOLD_COLUMNS,
+    STRUCTURE_LABELS,
+    SUMMARY_COLUMNS,
+    aggregate,
+    case_rows,
+    dataset_label,
+    report_markdown,
+    write_csv,
+)
+
+REPORT_FILE = "report.md"
+PLOTS = {"dsc": "boxplot_dsc.png", "nsd": "boxplot_nsd.png"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m covlight.report", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, metavar="RUNS",
+                        help="run folders or folders above them")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the report")
+    parser.add_argument("--force", action="store_true", help=f"replace an existing DIR/{REPORT_FILE}")
+    args = parser.parse_args(argv)
+    err = Console(stderr=True, highlight=False)
+
+    absent = [str(path) for path in args.runs if not path.is_dir()]
+    if absent:
+        return _fail(err, f"no such folder: {', '.join(absent)}")
+    if args.out.exists() and not args.out.is_dir():
+        return _fail(err, f"--out {args.out} is a file, not a folder")
+    if (args.out / REPORT_FILE).exists() and not args.force:
+        return _fail(err, f"{args.out / REPORT_FILE} exists: pass --force to replace it, "
+                          "or choose another --out")
+
+    collection = collect(args.runs, progress=lambda dirs: track(dirs, description="reading runs", console=err,
+                                                                transient=True))
+    roots = [str(path) for path in args.runs]
+    if not collection.runs:
+        states = Counter(skip.reason.split(":")[0] for skip in collection.skipped)
+        found = ", ".join(f"{count} {reason}" for reason, count in states.items()) or "no run folder at all"
+        return _fail(err, f"no finished run with per-case metrics under {', '.join(roots)} ({found})")
+    err.print(f"{len(collection.runs)} finished runs, {len(collection.skipped)} run folder(s) skipped; "
+              f"writing tables and plots")
+    summary = aggregate(collection.runs)
+    write_report(args.out, collection, summary, aggregate(collection.runs, per_fold=True), roots)
+    Console().print(summary_table(summary))
+    err.print(f"report: {args.out / REPORT_FILE}")
+    return 0
+
+
+def write_report(out: Path, collection: Collection, summary: list[dict], per_fold: list[dict],
+                 roots: list[str]) -> None:
+    """Write every file into a temporary folder beside `out`, then move them into `out`, report.md last."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.parent / f".partial-{out.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    partial.mkdir()  # not tempfile.mkdtemp: its 0700 mode would become the report folder's
+    try:
+        write_csv(partial / "summary.csv", summary, SUMMARY_COLUMNS)
+        write_csv(partial / "per_fold.csv", per_fold, PER_FOLD_COLUMNS)
+        write_csv(partial / "cases.csv", case_rows(collection.runs), CASE_COLUMNS)
+        for metric, file in PLOTS.items():
+            draw_boxplots(collection.runs, metric, partial / file)
+        titles = {f"Per-case {metric.upper()}": file for metric, file in PLOTS.items()}
+        (partial / REPORT_FILE).write_text(report_markdown(collection, summary, per_fold, roots, titles))
+        if not out.exists():
+            os.replace(partial, out)
+            return
+        for file in sorted(os.listdir(partial), key=lambda name: name == REPORT_FILE):
+            os.replace(partial / file, out / file)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def summary_table(summary: list[dict]) -> Table:
+    """Pooled DSC / NSD means per setting, test set and method (the full tables are in report.md)."""
+    table = Table(title="pooled mean DSC / NSD (%) over test cases")
+    for column in ("setting — test set", "method", "cases", *STRUCTURE_LABELS.values()):
+        table.add_column(column, justify="left" if column in ("setting — test set", "method") else "right")
+    keyed: dict[tuple, dict] = {}
+    for row in summary:
+        key = ((row["task"], row["source"], row["subtask"], row["variant"]), row["dataset"], row["name"])
+        keyed.setdefault(key, {})[(row["structure"], row["metric"])] = row
+    for (setting, dataset, name), cells in keyed.items():
+        cases = max(row["n"] + row["nan"] for row in cells.values())
+        texts = [" / ".join(_mean(cells.get((structure, metric))) for metric in ("dsc", "nsd"))
+                 if (structure, "dsc") in cells else "" for structure in STRUCTURES]
+        table.add_row(f"{setting_label(setting)} — {dataset_label(dataset)}", name, str(cases), *texts)
+    return table
+
+
+def _mean(row: dict | None) -> str:
+    return "–" if row is None or row["n"] == 0 else f"{row['mean']:.1f}"
+
+
+def _fail(err: Console, message: str) -> int:
+    err.print(f"covlight.report: error: {message}")
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""The report (`python -m covlight.report`) on a fake 2-fold x 2-model task1 sweep built in tmp_path: numbers
+recomputed from the per-case files, published baselines beside ours, coverage, plots, refusing to overwrite."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from covlight.report.__main__ import main
+from covlight.report.baselines import published_table
+from covlight.report.collect import collect
+from covlight.report.tables import EVAL_SETS, PUBLISHED_SETTINGS, published
+
+COLUMNS = ["L-lungDSC", "L-lung-1mm", "R-lungDSC", "R-lung-1mm", "LesionDSC", "LesionNSD-3mm"]
+STRUCTURE_COLUMNS = {("left_lung", "dsc"): "L-lungDSC", ("left_lung", "nsd"): "L-lung-1mm",
+                     ("right_lung", "dsc"): "R-lungDSC", ("right_lung", "nsd"): "R-lung-1mm",
+                     ("infection", "dsc"): "LesionDSC", ("infection", "nsd"): "LesionNSD-3mm"}
+NAMES, FOLDS = ("unet2d", "unet3d"), (0, 1)
+NAN_CASE = ("unet2d", 1, "coronacases_006")  # its lesion DSC and NSD are NaN (empty truth and prediction)
+
+
+def make_run(root, name, fold, state="finished", rows=None, stamp="2026-01-01_00-00-00", error=None):
+    """A run folder as training leaves it: status.json with the identity, metrics.csv when finished."""
+    path = root / "task1" / "lung_infection" / name / f"fold{fold}-seed0" / stamp
+    path.mkdir(parents=True)
+    identity = {"name": name, "fold": fold, "seed": 0, "task": "task1", "source": None,
+                "subtask": "lung_infection", "model": name}
+    status = {"state": state, "identity": identity} | ({"error": error} if error else {})
+    (path / "status.json").write_text(json.dumps(status))
+    if rows is not None:
+        lines = [",".join(["Name", "dataset", *COLUMNS])]
+        lines += [",".join([case, dataset, *("nan" if math.isnan(v) else f"{v:.6f}" for v in values)])
+                  for case, dataset, values in rows]
+        (path / "metrics.csv").write_text("\n".join(lines) + "\n")
+    return path
+
+
+def fake_rows(rng, name, fold):
+    """4 COVID cases with every structure, 2 MosMed cases with infection only (lung columns NaN)."""
+    rows = []
+    for i in range(4):
+        case = f"coronacases_{i + 1 + 4 * fold:03d}"
+        values = [*rng.uniform(0.8, 1.0, 4), *rng.uniform(0.2, 0.9, 2)]
+        if (name, fold, case) == NAN_CASE:
+            values[4:] = [math.nan, math.nan]
+        rows.append((case, "covid19_ct_seg", values))
+    for i in range(2):
+        rows.append((f"study_{i + 2 * fold:04d}", "mosmed", [math.nan] * 4 + list(rng.uniform(0.1, 0.8, 2))))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """The fake sweep, a failed and a running run, and the report written once (shared by the tests)."""
+    root = tmp_path_factory.mktemp("outputs")
+    rng = np.random.default_rng(7)
+    runs = {(name, fold): make_run(root, name, fold, rows=fake_rows(rng, name, fold))
+            for name in NAMES for fold in FOLDS}
+    failed = make_run(root, "unet2d", 2, state="failed", error="RuntimeError: out of memory")
+    running = make_run(root, "unet3d", 3, state="running")
+    out = root.parent / "report"
+    assert main([str(root), "--out", str(out)]) == 0
+    return {"root": root, "runs": runs, "failed": failed, "running": running, "out": out}
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def cases_of(sweep, name, folds, dataset):
+    """Per-case rows of the given method and folds, read straight from the run folders' metrics.csv."""
+    rows = []
+    for fold in folds:
+        rows += [row for row in read_csv(sweep["runs"][(name, fold)] / "metrics.csv") if row["dataset"] == dataset]
+    return rows
+
+
+def expected(rows, column):
+    values = np.array([float(row[column]) for row in rows])
+    finite = values[~np.isnan(values)]
+    return 100 * finite.mean(), 100 * finite.std(), len(finite), int(np.isnan(values).sum())
+
+
+def test_numbers_match_per_case_files(sweep):
+    summary = read_csv(sweep["out"] / "summary.csv")
+    per_fold = read_csv(sweep["out"] / "per_fold.csv")
+    checked = 0
+    for dataset, structures in (("covid19_ct_seg", STRUCTURE_COLUMNS), ("mosmed", {
+            key: column for key, column in STRUCTURE_COLUMNS.items() if key[0] == "infection"})):
+        for name in NAMES:
+            for (structure, metric), column in structures.items():
+                select = {"name": name, "dataset": dataset, "structure": structure, "metric": metric}
+                for table, folds in [(summary, FOLDS)] + [(per_fold, (fold,)) for fold in FOLDS]:
+                    match = [row for row in table if all(row[k] == v for k, v in select.items())
+                             and (table is summary or row["fold"] == str(folds[0]))]
+                    assert len(match) == 1, (select, folds)
+                    mean, std, n, nan = expected(cases_of(sweep, name, folds, dataset), column)
+                    assert float(match[0]["mean"]) == pytest.approx(mean, abs=1e-9)
+                    assert float(match[0]["std"]) == pytest.approx(std, abs=1e-9)
+                    assert (int(match[0]["n"]), int(match[0]["nan"])) == (n, nan)
+                    checked += 1
+    assert checked == 2 * 8 * 3
+    # MosMed annotates infection only: its all-NaN lung columns are left out, not reported as "NaN"
+    assert {row["structure"] for row in summary if row["dataset"] == "mosmed"} == {"infection"}
+
+
+def test_nan_case_excluded_and_counted(sweep):
+    summary = read_csv(sweep["out"] / "summary.csv")
+    row = next(r for r in summary if r["name"] == "unet2d" and r["dataset"] == "covid19_ct_seg"
+               and r["structure"] == "infection" and r["metric"] == "dsc")
+    assert (row["n"], row["nan"]) == ("7", "1")
+    rows = [r for r in cases_of(sweep, "unet2d", FOLDS, "covid19_ct_seg") if r["Name"] != NAN_CASE[2]]
+    assert len(rows) == 7
+    assert float(row["mean"]) == pytest.approx(100 * np.mean([float(r["LesionDSC"]) for r in rows]), abs=1e-9)
+    line = next(line for line in (sweep["out"] / "report.md").read_text().splitlines()
+                if line.startswith("| unet2d | 0, 1 |"))
+    assert "(1 NaN)" in line
+
+
+def test_published_baselines_beside_ours(sweep):
+    summary = read_csv(sweep["out"] / "summary.csv")
+    per_fold = read_csv(sweep["out"] / "per_fold.csv")
+    report = (sweep["out"] / "report.md").read_text()
+    for (structure, metric), _ in STRUCTURE_COLUMNS.items():
+        for dims in ("2D", "3D"):
+            (cell,) = published_table(task="task1", model=f"{dims} U-Net (nnU-Net)", setting="Task1-Union",
+                                      eval_set="COVID-19-CT-Seg", structure=structure, metric=metric.upper())
+            rows = [r for r in summary if r["dataset"] == "covid19_ct_seg" and r["structure"] == structure
+                    and r["metric"] == metric]
+            key = dims.lower()
+            for row in rows:
+                assert float(row[f"published_{key}_mean"]) == cell["mean"]
+                assert float(row[f"published_{key}_std"]) == cell["std"]
+                assert float(row[f"diff_{key}"]) == pytest.approx(float(row["mean"]) - cell["mean"])
+            assert f"{cell['mean']:.1f} ± {cell['std']:.1f}" in report
+        for fold in FOLDS:
+            (cell,) = published_table(task="task1", model="3D U-Net (nnU-Net)",
+                                      setting="20pct_train_lung_and_infection_subtask", fold=f"Fold{fold}",
+                                      eval_set="COVID-19-CT-Seg held-out(16)", structure=structure,
+                                      metric=metric.upper())
+            rows = [r for r in per_fold if r["dataset"] == "covid19_ct_seg" and r["fold"] == str(fold)
+                    and r["structure"] == structure and r["metric"] == metric]
+            assert len(rows) == 2 and all(float(r["published_3d_mean"]) == cell["mean"] for r in rows)
+            assert all(r["published_2d_mean"] == "" for r in rows)  # no 2D per-fold numbers were published
+            assert f"{cell['mean']:.2f} ± {cell['std']:.2f}" in report
+    assert "| nnU-Net 2D (published) |" in report and "| unet3d − nnU-Net 3D |" in report
+
+
+def test_coverage_missing_and_skipped(sweep):
+    report = (sweep["out"] / "report.md").read_text()
+    for name in NAMES:
+        assert f"task1 · lung_infection · {name}: folds 2, 3, 4 missing (finished: folds 0, 1)" in report
+    assert f"`{sweep['failed']}`: failed: RuntimeError: out of memory" in report
+    assert f"`{sweep['running']}`: running (not finished)" in report
+    cases = read_csv(sweep["out"] / "cases.csv")
+    assert {row["run"] for row in cases} == {str(path) for path in sweep["runs"].values()}
+    assert len(cases) == 4 * 6
+
+
+def test_plots_are_real_pngs(sweep):
+    for name in ("boxplot_dsc.png", "boxplot_nsd.png"):
+        path = sweep["out"] / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
+        image = imread(path)
+        assert image.shape[0] > 300 and image.shape[1] > 600 and image[..., :3].std() > 0.05
+        assert f"]({name})" in (sweep["out"] / "report.md").read_text()
+
+
+def test_refuses_to_overwrite_without_force(sweep, capsys):
+    report = sweep["out"] / "report.md"
+    before = report.read_text()
+    report.write_text(before + "\nmy notes\n")
+    assert main([str(sweep["root"]), "--out", str(sweep["out"])]) == 1
+    assert "--force" in capsys.readouterr().err
+    assert report.read_text().endswith("my notes\n")
+    assert main([str(sweep["root"]), "--out", str(sweep["out"]), "--force"]) == 0
+    assert report.read_text() == before
+    assert not [p for p in sweep["out"].parent.iterdir() if p.name.startswith(".partial-")]
+
+
+def test_no_finished_run_exits_with_one_message(tmp_path, capsys):
+    make_run(tmp_path, "unet2d", 0, state="running")
+    make_run(tmp_path, "unet2d", 1, state="failed", error="ValueError: bad")
+    assert main([str(tmp_path), "--out", str(tmp_path / "report")]) == 1
+    err = capsys.readouterr().err
+    assert "no finished run" in err and "1 running" in err and "1 failed" in err
+    assert not (tmp_path / "report").exists()
+
+
+def test_newest_finished_run_of_an_identity_wins(tmp_path):
+    rows = [("coronacases_001", "covid19_ct_seg", [0.9] * 6)]
+    old = make_run(tmp_path, "unet2d", 0, rows=rows, stamp="2026-01-01_00-00-00")
+    new = make_run(tmp_path, "unet2d", 0, rows=rows, stamp="2026-01-02_00-00-00")
+    collection = collect([tmp_path])
+    assert [run.path for run in collection.runs] == [new]
+    assert [(s.path, s.reason.split(" run ")[0]) for s in collection.skipped] == [(old, "superseded by the newer finished")]
+
+
+def test_mapping_onto_published_rows():
+    """Every setting/test-set string of the mapping names published rows; spot checks for tasks 2 and 3."""
+    for (task, _, _, split), (summary_setting, fold_setting, training_source) in PUBLISHED_SETTINGS.items():
+        for (eval_task, eval_split, _), (summary_eval, fold_eval) in EVAL_SETS.items():
+            if (eval_task, eval_split) != (task, split):
+                continue
+            if summary_setting and summary_eval:
+                assert published_table(task=task, setting=summary_setting, eval_set=summary_eval)
+            if fold_setting and fold_eval:
+                assert published_table(task=task, setting=fold_setting, training_source=training_source,
+                                       eval_set=fold_eval)
+    assert published("3D", ("task2", "structseg", "infection", "official"), "covid19_ct_seg", "infection",
+                     "dsc") == (6.0, 12.7)
+    assert published("2D", ("task3", "nsclc", "infection", "official"), "mosmed", "infection", "nsd") == (38.9, 25.9)
+    assert published("3D", ("task3", "nsclc", "lung", "official"), "nsclc_lung", "left_lung", "dsc", fold=2,
+                     pooled=False) == (95.35, 4.857)
+    assert published("3D", ("task2", "nsclc", "infection", "official"), "nsclc_effusion", "infection", "dsc") == (
+        64.35, 15.49)
+    assert published("3D", ("task2", "msd", "infection", "official"), "covid19_ct_seg", "left_lung", "dsc") == (
+        None, None)
+    assert published("3D", ("task2", "all", "lung", "official"), "covid19_ct_seg", "left_lung", "dsc") == (None, None)
+    assert published("2D", ("task1", None, "lung", "official"), "covid19_ct_seg", "left_lung", "dsc", fold=0,
+                     pooled=False) == (None, None)

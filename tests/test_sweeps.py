@@ -1,0 +1,51 @@
+"""Hyper-parameter search (Optuna, on a validation score) and the SLURM code path (submitit's local executor)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from covlight.config import read_status
+from tests.conftest import REPO
+from tests.test_train_e2e import FAST, TINY_2D
+
+
+def run_cli(args, root, tmp_path):
+    env = {**os.environ, "COVLIGHT_DATA": str(root)}
+    command = [sys.executable, "-m", "covlight", *args, *TINY_2D, *FAST, "logger=none",
+               f"paths.output_root={tmp_path}"]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_optuna_search_optimises_an_inner_validation_score(phantom_root, tmp_path):
+    result = run_cli(["hparams_search=optuna", "hydra.sweeper.n_trials=2"], phantom_root, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (search,) = (tmp_path / "hparams_search").iterdir()
+    best = yaml.safe_load((search / "optimization_results.yaml").read_text())
+    assert 0.0 <= best["best_value"] <= 1.0
+    assert set(best["best_params"]) == {"model.module.optimizer.lr", "data.foreground_fraction"}
+    trials = [d for d in (search / "task1" / "lung" / "unet2d" / "fold0-seed0").iterdir()]
+    assert len(trials) == 2 and all(read_status(t)["state"] == "finished" for t in trials)
+    assert not (tmp_path / "task1").exists()  # trials live in their search's folder only
+    config = yaml.safe_load((trials[0] / "config.yaml").read_text())
+    assert config["data"]["inner_validation"] == 1 and config["optimized_metric"] == "val/pseudo_dice"
+
+
+def test_objective_refuses_a_test_metric(phantom_root, tmp_path):
+    result = run_cli(["optimized_metric=test/covid19_ct_seg/left_lung/dsc"], phantom_root, tmp_path)
+    assert result.returncode == 1
+    assert "only validation metrics" in result.stderr
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_each_job_in_its_run_folder(phantom_root, tmp_path):
+    result = run_cli(["-m", "hydra/launcher=local", "seed=0,1"], phantom_root, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for seed in (0, 1):
+        (run_dir,) = (tmp_path / "task1" / "lung" / "unet2d" / f"fold0-seed{seed}").iterdir()
+        assert read_status(run_dir)["state"] == "finished" and (run_dir / "metrics.csv").is_file()
