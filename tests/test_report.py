@@ -1,5 +1,5 @@
 """The report (`python -m covlight.report`) on a fake 2-fold x 2-model task1 sweep built in tmp_path: numbers
-recomputed from the per-case files, published baselines beside ours, coverage, plots, refusing to overwrite."""
+recomputed from the per-case files, published baselines beside ours, coverage, plots, no silent overwrite."""
 
 from __future__ import annotations
 
@@ -75,10 +75,8 @@ def read_csv(path):
 
 def cases_of(sweep, name, folds, dataset):
     """Per-case rows of the given method and folds, read straight from the run folders' metrics.csv."""
-    rows = []
-    for fold in folds:
-        rows += [row for row in read_csv(sweep["runs"][(name, fold)] / "metrics.csv") if row["dataset"] == dataset]
-    return rows
+    rows = [row for fold in folds for row in read_csv(sweep["runs"][(name, fold)] / "metrics.csv")]
+    return [row for row in rows if row["dataset"] == dataset]
 
 
 def expected(rows, column):
@@ -89,23 +87,24 @@ def expected(rows, column):
 
 def test_numbers_match_per_case_files(sweep):
     summary = read_csv(sweep["out"] / "summary.csv")
-    per_fold = read_csv(sweep["out"] / "per_fold.csv")
+    tables = {"pooled": summary, "fold": read_csv(sweep["out"] / "per_fold.csv")}
     checked = 0
-    for dataset, structures in (("covid19_ct_seg", STRUCTURE_COLUMNS), ("mosmed", {
-            key: column for key, column in STRUCTURE_COLUMNS.items() if key[0] == "infection"})):
-        for name in NAMES:
-            for (structure, metric), column in structures.items():
+    for dataset in ("covid19_ct_seg", "mosmed"):
+        for (structure, metric), column in STRUCTURE_COLUMNS.items():
+            if dataset == "mosmed" and structure != "infection":
+                continue
+            for name in NAMES:
                 select = {"name": name, "dataset": dataset, "structure": structure, "metric": metric}
-                for table, folds in [(summary, FOLDS)] + [(per_fold, (fold,)) for fold in FOLDS]:
-                    match = [row for row in table if all(row[k] == v for k, v in select.items())
-                             and (table is summary or row["fold"] == str(folds[0]))]
+                for table, folds in [("pooled", FOLDS), *(("fold", (fold,)) for fold in FOLDS)]:
+                    match = [row for row in tables[table] if all(row[k] == v for k, v in select.items())
+                             and (table == "pooled" or row["fold"] == str(folds[0]))]
                     assert len(match) == 1, (select, folds)
                     mean, std, n, nan = expected(cases_of(sweep, name, folds, dataset), column)
                     assert float(match[0]["mean"]) == pytest.approx(mean, abs=1e-9)
                     assert float(match[0]["std"]) == pytest.approx(std, abs=1e-9)
                     assert (int(match[0]["n"]), int(match[0]["nan"])) == (n, nan)
                     checked += 1
-    assert checked == 2 * 8 * 3
+    assert checked == (6 + 2) * len(NAMES) * 3
     # MosMed annotates infection only: its all-NaN lung columns are left out, not reported as "NaN"
     assert {row["structure"] for row in summary if row["dataset"] == "mosmed"} == {"infection"}
 
@@ -199,7 +198,8 @@ def test_newest_finished_run_of_an_identity_wins(tmp_path):
     new = make_run(tmp_path, "unet2d", 0, rows=rows, stamp="2026-01-02_00-00-00")
     collection = collect([tmp_path])
     assert [run.path for run in collection.runs] == [new]
-    assert [(s.path, s.reason.split(" run ")[0]) for s in collection.skipped] == [(old, "superseded by the newer finished")]
+    reasons = [(skipped.path, skipped.reason) for skipped in collection.skipped]
+    assert reasons == [(old, f"superseded by the newer finished run {new}")]
 
 
 def test_mapping_onto_published_rows():
@@ -213,15 +213,21 @@ def test_mapping_onto_published_rows():
             if fold_setting and fold_eval:
                 assert published_table(task=task, setting=fold_setting, training_source=training_source,
                                        eval_set=fold_eval)
-    assert published("3D", ("task2", "structseg", "infection", "official"), "covid19_ct_seg", "infection",
-                     "dsc") == (6.0, 12.7)
-    assert published("2D", ("task3", "nsclc", "infection", "official"), "mosmed", "infection", "nsd") == (38.9, 25.9)
-    assert published("3D", ("task3", "nsclc", "lung", "official"), "nsclc_lung", "left_lung", "dsc", fold=2,
-                     pooled=False) == (95.35, 4.857)
-    assert published("3D", ("task2", "nsclc", "infection", "official"), "nsclc_effusion", "infection", "dsc") == (
-        64.35, 15.49)
-    assert published("3D", ("task2", "msd", "infection", "official"), "covid19_ct_seg", "left_lung", "dsc") == (
+    structseg_gtv = ("task2", "structseg", "infection", "official")
+    nsclc_pe = ("task2", "nsclc", "infection", "official")
+    assert published("3D", structseg_gtv, "covid19_ct_seg", "infection", "dsc") == (6.0, 12.7)  # summary
+    assert published("3D", nsclc_pe, "nsclc_effusion", "infection", "dsc") == (64.35, 15.49)  # in-domain
+    assert published("2D", nsclc_pe, "nsclc_effusion", "infection", "dsc") == (None, None)
+    task3_nsclc, task3_msd = ("task3", "nsclc", "lung", "official"), ("task3", "msd", "infection", "official")
+    assert published("2D", task3_nsclc, "mosmed", "left_lung", "nsd") == (None, None)  # MosMed: lesions only
+    assert published("2D", task3_msd, "mosmed", "infection", "nsd") == (29.0, 24.5)
+    assert published("3D", task3_nsclc, "nsclc_lung", "left_lung", "dsc", 2, pooled=False) == (95.35, 4.857)
+    assert published("3D", task3_nsclc, "structseg_lung", "left_lung", "dsc") == (None, None)  # not its own
+    task2_msd_lung = ("task2", "msd", "lung", "official")  # published as "-" / no config allows it
+    assert published("3D", task2_msd_lung, "covid19_ct_seg", "left_lung", "dsc") == (None, None)
+    assert published("3D", ("task2", "all", "lung", "official"), "covid19_ct_seg", "left_lung", "dsc") == (
         None, None)
-    assert published("3D", ("task2", "all", "lung", "official"), "covid19_ct_seg", "left_lung", "dsc") == (None, None)
-    assert published("2D", ("task1", None, "lung", "official"), "covid19_ct_seg", "left_lung", "dsc", fold=0,
-                     pooled=False) == (None, None)
+    task1_lung = ("task1", None, "lung", "official")
+    assert published("2D", task1_lung, "covid19_ct_seg", "left_lung", "dsc", 0, pooled=False) == (None, None)
+    assert published("3D", task1_lung, "covid19_ct_seg", "left_lung", "dsc", fold=4, pooled=False) == (
+        88.33, 75.97)  # the published typo, as printed

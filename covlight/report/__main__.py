@@ -15,8 +15,10 @@ import shutil
 import sys
 import uuid
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
@@ -27,7 +29,6 @@ from covlight.report.plots import draw_boxplots
 from covlight.report.tables import (
     CASE_COLUMNS,
     PER_FOLD_COLUMNS,
-    STRUCTURE_LABELS,
     SUMMARY_COLUMNS,
     aggregate,
     case_rows,
@@ -41,14 +42,15 @@ PLOTS = {"dsc": "boxplot_dsc.png", "nsd": "boxplot_nsd.png"}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m covlight.report", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m covlight.report",
+                                     description=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUNS",
                         help="run folders or folders above them")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the report")
     parser.add_argument("--force", action="store_true", help=f"replace an existing DIR/{REPORT_FILE}")
     args = parser.parse_args(argv)
-    err = Console(stderr=True, highlight=False)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
 
     absent = [str(path) for path in args.runs if not path.is_dir()]
     if absent:
@@ -59,15 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(err, f"{args.out / REPORT_FILE} exists: pass --force to replace it, "
                           "or choose another --out")
 
-    collection = collect(args.runs, progress=lambda dirs: track(dirs, description="reading runs", console=err,
-                                                                transient=True))
+    collection = collect(args.runs, progress=lambda dirs: _progress(err, dirs))
     roots = [str(path) for path in args.runs]
     if not collection.runs:
         states = Counter(skip.reason.split(":")[0] for skip in collection.skipped)
         found = ", ".join(f"{count} {reason}" for reason, count in states.items()) or "no run folder at all"
         return _fail(err, f"no finished run with per-case metrics under {', '.join(roots)} ({found})")
-    err.print(f"{len(collection.runs)} finished runs, {len(collection.skipped)} run folder(s) skipped; "
-              f"writing tables and plots")
+    err.print(f"finished runs: {len(collection.runs)}, skipped run folders: {len(collection.skipped)}; "
+              "writing tables and plots")
     summary = aggregate(collection.runs)
     write_report(args.out, collection, summary, aggregate(collection.runs, per_fold=True), roots)
     Console().print(summary_table(summary))
@@ -99,24 +100,35 @@ def write_report(out: Path, collection: Collection, summary: list[dict], per_fol
 
 
 def summary_table(summary: list[dict]) -> Table:
-    """Pooled DSC / NSD means per setting, test set and method (the full tables are in report.md)."""
-    table = Table(title="pooled mean DSC / NSD (%) over test cases")
-    for column in ("setting — test set", "method", "cases", *STRUCTURE_LABELS.values()):
-        table.add_column(column, justify="left" if column in ("setting — test set", "method") else "right")
+    """Pooled DSC/NSD means per setting, test set and method, narrow enough for 80 columns (the full
+    tables are in report.md)."""
+    table = Table(title="pooled mean DSC/NSD (%) over test cases", box=box.SIMPLE_HEAD)
+    table.add_column("setting / test set")
+    table.add_column("method")
+    for column in ("cases", "L lung", "R lung", "lesion"):
+        table.add_column(column, justify="right")
     keyed: dict[tuple, dict] = {}
     for row in summary:
         key = ((row["task"], row["source"], row["subtask"], row["variant"]), row["dataset"], row["name"])
         keyed.setdefault(key, {})[(row["structure"], row["metric"])] = row
     for (setting, dataset, name), cells in keyed.items():
         cases = max(row["n"] + row["nan"] for row in cells.values())
-        texts = [" / ".join(_mean(cells.get((structure, metric))) for metric in ("dsc", "nsd"))
+        texts = ["/".join(_mean(cells.get((structure, metric))) for metric in ("dsc", "nsd"))
                  if (structure, "dsc") in cells else "" for structure in STRUCTURES]
-        table.add_row(f"{setting_label(setting)} — {dataset_label(dataset)}", name, str(cases), *texts)
+        table.add_row(f"{setting_label(setting)}\n{dataset_label(dataset)}", name, str(cases), *texts)
     return table
 
 
 def _mean(row: dict | None) -> str:
     return "–" if row is None or row["n"] == 0 else f"{row['mean']:.1f}"
+
+
+def _progress(err: Console, run_dirs: list) -> Iterable:
+    """A progress bar over the run folders on a terminal, one line otherwise (logs stay readable)."""
+    err.print(f"reading {len(run_dirs)} run folder(s)")
+    if not err.is_terminal:
+        return run_dirs
+    return track(run_dirs, description="reading runs", console=err, transient=True)
 
 
 def _fail(err: Console, message: str) -> int:
