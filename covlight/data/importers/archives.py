@@ -85,6 +85,11 @@ class SourceRef:
             return str(self.tree.path / self.relpath)
         return f"{self.tree.path}:{self.relpath}"
 
+    @property
+    def short(self) -> str:
+        """The file relative to the download folder (for dataset.json)."""
+        return f"{self.tree.path.name}{'/' if self.tree.kind == 'dir' else ':'}{self.relpath}"
+
     def fingerprint(self) -> list:
         """Name and size of the file (of each file in a folder): the same for a zip and its extracted folder."""
         if not self.is_dir:
@@ -102,10 +107,12 @@ class SourceTree:
         self.path = Path(path)
         self.staging = staging
         self._extracted: Path | None = None
+        self._tar_extracted = False
+        self._zip_names: dict[str, str] = {}  # checked name -> name as stored in the zip
         if self.path.is_dir():
             self.kind = "dir"
-            self.sizes = {p.relative_to(self.path).as_posix(): p.stat().st_size
-                          for p in sorted(self.path.rglob("*")) if p.is_file()}
+            files = (p for p in sorted(self.path.rglob("*")) if p.is_file())
+            self.sizes = {p.relative_to(self.path).as_posix(): p.stat().st_size for p in files}
             self.sizes = {name: size for name, size in self.sizes.items() if not _skipped(name)}
         elif is_archive(self.path):
             self.kind = "zip" if self.path.name.lower().endswith(ZIP_SUFFIXES) else "tar"
@@ -136,7 +143,7 @@ class SourceTree:
                 infos = archive.infolist()
         except READ_ERRORS as error:
             raise self._corrupt(error) from None
-        sizes, self._zip_names = {}, {}
+        sizes = {}
         for info in infos:
             name = self._safe(info.filename)
             if not info.is_dir() and name and not _skipped(name):
@@ -176,6 +183,20 @@ class SourceTree:
         prefix = folder.rstrip("/") + "/" if folder else ""
         return {name: size for name, size in self.sizes.items() if name.startswith(prefix)}
 
+    def read_text(self, relpath: str) -> str:
+        """A small member's text, without extracting the archive."""
+        try:
+            if self.kind == "dir":
+                return (self.path / relpath).read_text()
+            if self.kind == "zip":
+                with zipfile.ZipFile(self.path) as archive:
+                    return archive.read(self._zip_names[relpath]).decode()
+            with tarfile.open(self.path) as archive:
+                member = next(m for m in archive if self._safe(m.name) == relpath)
+                return archive.extractfile(member).read().decode()
+        except READ_ERRORS as error:
+            raise self._corrupt(error) from None
+
     def local(self, ref: SourceRef) -> Path:
         """A path on disk for `ref`, extracting it from the archive first when needed."""
         if self.kind == "dir":
@@ -188,7 +209,7 @@ class SourceTree:
                 with zipfile.ZipFile(self.path) as archive:
                     for name in names:
                         self._write(self._extracted / name, lambda n=name: archive.open(self._zip_names[n]))
-            elif not (self._extracted / ".complete").is_file():
+            elif not self._tar_extracted:
                 self._extract_tar()
         except READ_ERRORS as error:
             raise self._corrupt(error) from None
@@ -201,7 +222,7 @@ class SourceTree:
                 name = self._safe(member.name)
                 if name in self.sizes:
                     self._write(self._extracted / name, lambda m=member: archive.extractfile(m))
-        (self._extracted / ".complete").touch()
+        self._tar_extracted = True
 
     def _write(self, target: Path, opener) -> None:
         if target.is_file():
