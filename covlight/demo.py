@@ -22,6 +22,7 @@ from covlight.data.canonical import read_dataset
 from covlight.data.phantoms import write_phantom_dataset
 from covlight.data.splits import COVID, official_split
 from covlight.metrics import STRUCTURES, score_case
+from covlight.report.__main__ import main as report_main
 
 BARS = {"L-lungDSC": 0.90, "R-lungDSC": 0.90, "LesionDSC": 0.50}
 STRUCTURE_NAMES = ["left_lung", "right_lung", "infection"]
@@ -95,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     test_cases = official_split("task1", "lung_infection", 0).test[COVID]
     table, passed = comparison_table(model_rows(run_dir), baseline_rows(dataset_root, test_cases))
     console.print(table)
-    console.print(f"run folder: {run_dir}   total time: {time.perf_counter() - start:.0f} s   "
-                  f"{'all bars met' if passed else 'BARS NOT MET'}")
+    report_main([str(run_dir), "--out", str(run_dir / "report")])
+    console.print(f"run folder: {run_dir}   report: {run_dir / 'report' / 'report.md'}")
+    console.print(f"total time: {time.perf_counter() - start:.0f} s   {'all bars met' if passed else 'BARS NOT MET'}")
     return 0 if passed else 1
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import math
+import uuid
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from covlight.callbacks.scoring import METRICS_FILE, CaseScoring
 from covlight.config import ConfigError, check_combination, read_status, write_status
@@ -101,8 +102,21 @@ def _start_run_folder(cfg: DictConfig, run_dir: Path) -> None:
     write_status(run_dir, "running", identity=identity)
 
 
+def wandb_run_id(run_dir: Path) -> str:
+    """The W&B run id of this run folder, kept in status.json so a resumed run continues the same W&B run."""
+    status = read_status(run_dir)
+    if "wandb_id" not in status:
+        status["wandb_id"] = uuid.uuid4().hex[:8]
+        rank_zero_only(write_status)(run_dir, status.get("state", "running"), wandb_id=status["wandb_id"])
+    return status["wandb_id"]
+
+
 def _train_and_test(cfg: DictConfig, run_dir: Path) -> dict:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.logger and cfg.logger.get("wandb"):
+        with open_dict(cfg):
+            cfg.logger.wandb.id = wandb_run_id(run_dir)
+            cfg.logger.wandb.resume = "allow"
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.model.module)
     if cfg.init_from:
@@ -116,7 +130,7 @@ def _train_and_test(cfg: DictConfig, run_dir: Path) -> dict:
     for logger in trainer.loggers:
         logger.log_hyperparams(config)
     if not cfg.test_only:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint_to_resume(cfg, run_dir))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint_to_resume(cfg, run_dir), weights_only=True)
     validation = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
     test_checkpoint = None
     if not cfg.test_only and not trainer.fast_dev_run:

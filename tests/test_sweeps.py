@@ -49,3 +49,36 @@ def test_submitit_local_launcher_runs_each_job_in_its_run_folder(phantom_root, t
     for seed in (0, 1):
         (run_dir,) = (tmp_path / "task1" / "lung" / "unet2d" / f"fold0-seed{seed}").iterdir()
         assert read_status(run_dir)["state"] == "finished" and (run_dir / "metrics.csv").is_file()
+
+
+@pytest.mark.slow
+def test_two_fold_two_model_phantom_sweep_report(phantom_root, tmp_path):
+    """A real 2-fold x 2-model sweep on phantoms; the report's numbers are recomputed from the per-case files."""
+    import csv
+
+    import numpy as np
+
+    from covlight.report.__main__ import main as report_main
+    from tests.test_train_e2e import TINY_3D
+
+    for model in (TINY_2D, TINY_3D):
+        env = {**os.environ, "COVLIGHT_DATA": str(phantom_root)}
+        command = [sys.executable, "-m", "covlight", "-m", *model, *FAST, "logger=none", "fold=0,1",
+                   f"paths.output_root={tmp_path / 'outputs'}"]
+        result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert report_main([str(tmp_path / "outputs"), "--out", str(tmp_path / "report")]) == 0
+    with open(tmp_path / "report" / "summary.csv") as handle:
+        summary = {(r["name"], r["structure"], r["metric"]): r for r in csv.DictReader(handle)}
+    for name in ("unet2d", "unet3d"):
+        values = []
+        for fold in (0, 1):
+            (run_dir,) = (tmp_path / "outputs" / "task1" / "lung" / name / f"fold{fold}-seed0").iterdir()
+            with open(run_dir / "metrics.csv") as handle:
+                values += [float(r["L-lungDSC"]) for r in csv.DictReader(handle)]
+        row = summary[(name, "left_lung", "dsc")]
+        assert float(row["mean"]) == pytest.approx(100 * np.mean(values), abs=1e-9)
+        assert float(row["std"]) == pytest.approx(100 * np.std(values), abs=1e-9)
+        assert int(row["n"]) == 32 and set(row["folds"].split(";")) == {"0", "1"}
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "folds 2, 3, 4 missing" in report and (tmp_path / "report" / "boxplot_dsc.png").is_file()

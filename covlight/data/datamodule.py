@@ -15,6 +15,7 @@ import nibabel as nib
 import numpy as np
 import torch
 import torchio as tio
+from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
 from covlight.data.canonical import CanonicalDataset, DatasetError, read_dataset
@@ -28,6 +29,7 @@ from covlight.data.transforms import (
     ToClassIndices,
     augmentation_preset,
 )
+from covlight.data.unlabelled import pool_lists, unlabelled_dataloader
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,14 @@ def target_spacing_of(spacings: Sequence[Sequence[float]], anisotropy_ratio: flo
     if target[worst] > anisotropy_ratio * others.max():
         target[worst] = np.percentile(spacings[:, worst], 10)
     return tuple(float(t) for t in target)
+
+
+def image_preprocessing(target_spacing: Sequence[float] | None) -> list[tio.Transform]:
+    """The deterministic image steps of every stage; `covlight.predict` applies the same to new scans."""
+    steps: list[tio.Transform] = [CheckCase(), ScaleIntensity()]
+    if target_spacing is not None:
+        steps.append(tio.Resample(tuple(target_spacing)))
+    return steps
 
 
 def check_geometry(record: CaseRecord) -> None:
@@ -117,7 +127,11 @@ def _single_threaded_worker(worker_id: int) -> None:
 
 
 class SegmentationDataModule(pl.LightningDataModule):
-    """Augmented patches with foreground oversampling (PatchStream); 2D models use z-size-1 patches (slices)."""
+    """Augmented patches with foreground oversampling (PatchStream); 2D models use z-size-1 patches (slices).
+
+    With `unlabelled` (see `covlight.data.unlabelled`), each training batch is {"labelled": ..., "unlabelled":
+    {"image", "dataset"}}: labelled patches and patches of an unlabelled pool that never holds a test case.
+    """
 
     def __init__(
         self,
@@ -135,6 +149,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         val_patches_per_case: int = 4,
         inner_validation: int = 0,
         augmentation: dict | None = None,
+        unlabelled: dict | None = None,
     ):
         super().__init__()
         self.root = Path(root).expanduser()
@@ -152,6 +167,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.val_patches_per_case = val_patches_per_case
         self.inner_validation = inner_validation
         self.augmentation = dict(augmentation or {})
+        self.unlabelled = dict(unlabelled) if unlabelled else None
         self.target_spacing: tuple[float, ...] | None = None
         self.records: dict[str, list[CaseRecord]] = {}
         self.val_monitors_training_cases = False
@@ -194,6 +210,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.records["train"] = self._records(self.split.train, need_labels=True, what="the training split")
         self.records["val"] = self._records(self.split.val, need_labels=True, what="the validation split")
         self.records["test"] = self._records(self.split.test, need_labels=True, what="the test split")
+        if self.unlabelled:
+            pool = pool_lists(self.unlabelled, self.split, lambda name: self._dataset(name).cases)
+            self.records["unlabelled"] = self._records(pool, need_labels=False, what="the unlabelled pool")
         if self.inner_validation and not self.records["val"]:
             if self.inner_validation >= len(self.records["train"]):
                 raise DatasetError(f"data.inner_validation={self.inner_validation} leaves no training case")
@@ -203,6 +222,8 @@ class SegmentationDataModule(pl.LightningDataModule):
             raise DatasetError("the split has no training cases; check task, source and fold")
         for record in self.records["train"] + self.records["val"] + self.records["test"]:
             check_geometry(record)
+        for record in self.records.get("unlabelled", []):
+            check_geometry(record)
         if self.spatial_dims == 3:
             option = self.target_spacing_option
             if option in (None, "auto"):
@@ -211,12 +232,14 @@ class SegmentationDataModule(pl.LightningDataModule):
                 self.target_spacing = tuple(float(s) for s in option)
         self.val_monitors_training_cases = not self.records["val"]
 
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint, so `covlight.predict` resamples new scans to the spacing the model saw."""
+        return {"target_spacing": list(self.target_spacing) if self.target_spacing is not None else None}
+
     # ------------------------------------------------------------------------------------- transforms
     def preprocessing(self, with_label: bool) -> tio.Compose:
         """Deterministic steps shared by training, validation and test (the test inverts the resampling)."""
-        steps: list[tio.Transform] = [CheckCase(), ScaleIntensity()]
-        if self.target_spacing is not None:
-            steps.append(tio.Resample(self.target_spacing))
+        steps = image_preprocessing(self.target_spacing)
         if with_label:
             steps.append(ToClassIndices(self.label_values))
             steps.append(PadToAtLeast(self.patch_size))
@@ -236,7 +259,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         return tio.SubjectsDataset([self._subject(r) for r in records], transform=self.preprocessing(with_label=True))
 
     # ------------------------------------------------------------------------------------ dataloaders
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | CombinedLoader:
         stream = PatchStream(
             self._subjects_dataset(self.records["train"]),
             sampler=ForegroundSampler(self.patch_size, self.foreground_fraction),
@@ -245,8 +268,14 @@ class SegmentationDataModule(pl.LightningDataModule):
             buffer_size=self.patch_buffer,
             augmentation=augmentation_preset(self.spatial_dims, **self.augmentation),
         )
-        return DataLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, worker_init_fn=_single_threaded_worker)
+        # Workers start afresh each epoch, seeded from the epoch's seed (see callbacks/seeding.py).
+        labelled = DataLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers,
+                              worker_init_fn=_single_threaded_worker)
+        if not self.unlabelled:
+            return labelled
+        unlabelled = unlabelled_dataloader(self, augmentation_preset(self.spatial_dims, **self.augmentation),
+                                           _single_threaded_worker)
+        return CombinedLoader({"labelled": labelled, "unlabelled": unlabelled}, mode="max_size_cycle")
 
     def val_dataloader(self) -> DataLoader:
         records = self.records["val"] or self.records["train"]
