@@ -1,0 +1,296 @@
+"""`python -m covlight.predict`: a trained run applied to new scans or slices.
+
+    python -m covlight.predict --run RUN_DIR --input PATH --output DIR
+    python -m covlight.predict --ckpt FILE [--config CONFIG.yaml] --input PATH --output DIR
+
+The model is built from the run's saved config (`config.yaml`; `model.module` is instantiated, so a run folder is
+trusted like code) and loads the checkpoint its test used (`checkpoints/last.ckpt`) with `weights_only=True`.
+Each input goes through the training preprocessing: RAS+ orientation, the stored 0..255 range by its intensity
+kind, scaling to [0, 1], and for 3D models resampling to the target spacing the checkpoint records; then the
+Gaussian sliding window of the run's test (`--mirror` adds test-time mirroring), and the prediction goes back
+to the input's own grid: `<name>.nii.gz` for volumes (the input's affine and header), `<name>.png` for slices
+(the input picture's size). `--probabilities` also writes `probabilities/<name>_<structure>.nii.gz` (`.npy`
+for slices), float32 softmax probabilities on the same grid.
+
+Intensity kinds are declared, never guessed: `--intensity` for all inputs, else `hu` for volumes and `8bit`
+for slices (said at start, and checked: an HU scan must hold air near -1000 HU). A canonical dataset folder's
+images are stored 0..255 already, and `--intensity` does not apply to them.
+
+Exit status: 0 when every input was predicted, 1 when an input failed, 2 for unusable arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchio as tio
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from covlight.config import read_status
+from covlight.data.canonical import INTENSITY_KINDS, LABELS, DatasetError
+from covlight.data.datamodule import image_preprocessing
+from covlight.inference.io import (
+    Scan,
+    Source,
+    find_sources,
+    label_suffix,
+    probability_suffix,
+    read_scan,
+    write_output,
+)
+from covlight.methods.supervised import SupervisedSegmentation
+
+DEFAULT_INTENSITY = {"volume": "hu", "dicom": "hu", "slice": "8bit"}
+STRUCTURE_OF_VALUE = {value: name for name, value in LABELS.items()}
+LUNG_VALUES = {LABELS["left_lung"], LABELS["right_lung"]}
+
+
+class UsageError(Exception):
+    """The arguments cannot work (no finished run, output inside the input, outputs that exist...)."""
+
+
+@dataclass
+class Model:
+    module: SupervisedSegmentation
+    target_spacing: tuple[float, ...] | None  # 3D models: the spacing they were trained at
+    device: torch.device
+
+    @property
+    def structures(self) -> list[str]:
+        """The structure of each class but the background, in class order."""
+        return [STRUCTURE_OF_VALUE[value] for value in self.module.label_values[1:]]
+
+
+@dataclass
+class Job:
+    source: Source
+    labels: Path
+    probabilities: dict[str, Path]  # structure -> file; empty without --probabilities
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    console = Console(stderr=True, soft_wrap=True)
+    try:
+        model = load_model(args)
+        jobs = plan(args, model)
+    except UsageError as error:
+        console.print(f"[red]error:[/red] {error}")
+        return 2
+    describe(args, model, jobs, console)
+    done, failures = predict_all(jobs, model, args, console)
+    console.print(f"wrote {done} prediction(s) to {args.output}")
+    if failures:
+        console.print(f"[red]{len(failures)} input(s) failed, nothing written for them:[/red]")
+        for message in failures:
+            console.print(f"  {message}")
+        if not args.keep_going:
+            console.print("Stopped at the first failure (--keep-going predicts the other inputs).")
+        return 1
+    return 0
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m covlight.predict",
+                                     description="Apply a trained run to new scans or slices.")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--run", type=Path, help="a finished run folder (config.yaml, checkpoints/last.ckpt)")
+    model.add_argument("--ckpt", type=Path, help="a checkpoint file (its run's config.yaml is found beside "
+                                                 "checkpoints/, or give --config)")
+    parser.add_argument("--config", type=Path, help="with --ckpt: the run's resolved config.yaml")
+    parser.add_argument("--input", type=Path, required=True,
+                        help="an image file (NIfTI, NRRD, MHA/MHD, PNG/JPG), a DICOM series folder, a canonical "
+                             "dataset folder, or a folder of these")
+    parser.add_argument("--output", type=Path, required=True, help="folder for the predictions (not inside --input)")
+    parser.add_argument("--intensity", choices=INTENSITY_KINDS,
+                        help="what the input values are (default: hu for volumes, 8bit for slices)")
+    parser.add_argument("--mirror", action="store_true",
+                        help="test-time mirroring (never across the left-right axis for a model of the lungs)")
+    parser.add_argument("--probabilities", action="store_true",
+                        help="also write per-structure probability maps under OUTPUT/probabilities/")
+    parser.add_argument("--label-format", choices=("canonical", "benchmark"), default="canonical",
+                        help="canonical: 1 left lung, 2 right lung, 3 infection; benchmark: as the benchmark's "
+                             "files (an infection-only model writes infection as 1) (default: %(default)s)")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="predict the other inputs when one fails, list the failures, exit 1")
+    parser.add_argument("--overwrite", action="store_true", help="replace prediction files that exist")
+    parser.add_argument("--device", choices=("cpu", "cuda"),
+                        help="default: cuda when available, else cpu")
+    args = parser.parse_args(argv)
+    if args.config and not args.ckpt:
+        parser.error("--config goes with --ckpt (a run folder has its own config.yaml)")
+    return args
+
+
+# ------------------------------------------------------------------------------------------------------ model
+def load_model(args) -> Model:
+    config_path, checkpoint_path = run_files(args)
+    try:
+        config = OmegaConf.load(config_path)
+        module = instantiate(config.model.module)
+    except Exception as error:  # YAML, missing keys, a target that cannot be built
+        raise UsageError(f"cannot build the model from {config_path} ({type(error).__name__}: {error})") from None
+    if not isinstance(module, SupervisedSegmentation):
+        raise UsageError(f"{config_path}: model.module is a {type(module).__name__}, not a SupervisedSegmentation")
+    try:
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        module.load_state_dict(checkpoint.get("state_dict", checkpoint))
+    except Exception as error:  # a damaged file, unsafe content, weights of another model
+        raise UsageError(f"cannot load {checkpoint_path} into the model of {config_path} "
+                         f"({type(error).__name__}: {error})") from None
+    data_class = str(config.get("data", {}).get("_target_", "")).rsplit(".", 1)[-1]
+    spacing = (checkpoint.get(data_class) or {}).get("target_spacing")
+    if module.net_spatial_dims == 3 and spacing is None:
+        raise UsageError(f"{checkpoint_path} does not record the spacing its 3D model was trained at (checkpoints "
+                         "of covlight's data module save it); use a checkpoint written by a current covlight run")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda, but torch sees no CUDA device")
+    if args.mirror:
+        module.inference["mirror_axes"] = mirror_axes(module)
+    module.eval().to(device)
+    return Model(module, tuple(float(s) for s in spacing) if spacing is not None else None, device)
+
+
+def run_files(args) -> tuple[Path, Path]:
+    """The config and checkpoint to load, checked to exist (and, for --run, the run to be finished)."""
+    if args.run:
+        state = read_status(args.run).get("state")
+        if state != "finished":
+            raise UsageError(f"{args.run} is not a finished run (status: {state or 'no status.json'}); its "
+                             f"checkpoint may be partial. To use it anyway: --ckpt {args.run / 'checkpoints'}"
+                             "/last.ckpt")
+        config, checkpoint = args.run / "config.yaml", args.run / "checkpoints" / "last.ckpt"
+    else:
+        config, checkpoint = args.config or args.ckpt.parent.parent / "config.yaml", args.ckpt
+    for path, what in ((checkpoint, "checkpoint"), (config, "run config (give --config)")):
+        if not path.is_file():
+            raise UsageError(f"{path}: no such {what}")
+    return config, checkpoint
+
+
+def mirror_axes(module: SupervisedSegmentation) -> tuple[int, ...]:
+    """Every axis the net sees, but the left-right one (RAS+ x) for a model of the lungs: mirrored there, a left
+    lung looks like a right one."""
+    axes = range(module.net_spatial_dims)
+    return tuple(a for a in axes if not (a == 0 and LUNG_VALUES & set(module.label_values)))
+
+
+# ----------------------------------------------------------------------------------------------------- inputs
+def plan(args, model: Model) -> list[Job]:
+    """One job per input, checked before anything runs: never into the input folder, never over a file."""
+    if not args.input.exists():
+        raise UsageError(f"--input {args.input} does not exist")
+    inputs = args.input.resolve()
+    output = args.output.resolve()
+    if (output == inputs or inputs in output.parents) if inputs.is_dir() else output == inputs.parent:
+        raise UsageError(f"--output {args.output} is inside the input folder; predictions never go there. "
+                         "Choose another folder.")
+    try:
+        sources = find_sources(args.input)
+    except DatasetError as error:
+        raise UsageError(str(error)) from None
+    if not sources:
+        raise UsageError(f"no inputs in {args.input}")
+    if args.intensity and any(s.kind == "stored" for s in sources):
+        raise UsageError(f"{args.input} is a canonical dataset folder: its images are stored 0..255 already "
+                         "(their kind is in dataset.json); drop --intensity")
+    jobs = []
+    for source in sources:
+        probabilities = {s: args.output / "probabilities" / f"{source.name}_{s}{probability_suffix(source)}"
+                         for s in model.structures} if args.probabilities else {}
+        jobs.append(Job(source, args.output / f"{source.name}{label_suffix(source)}", probabilities))
+    targets = [path for job in jobs for path in (job.labels, *job.probabilities.values())]
+    clashes = sorted({str(path) for path in targets if targets.count(path) > 1})
+    if clashes:
+        raise UsageError(f"several inputs would write {clashes[0]} (inputs differing only in their suffix); "
+                         "predict them into separate folders")
+    existing = [str(path) for path in targets if path.exists()]
+    if existing and not args.overwrite:
+        raise UsageError(f"{len(existing)} output file(s) exist, e.g. {existing[0]}; choose a new --output or "
+                         "pass --overwrite")
+    return jobs
+
+
+def describe(args, model: Model, jobs: list[Job], console: Console) -> None:
+    """Say what is going to happen: the model, the intensity kinds assumed, mirroring, the device."""
+    module = model.module
+    console.print(f"model: {type(module).__name__}, {module.net_spatial_dims}D, structures {model.structures}"
+                  + (f", resampled to {model.target_spacing} mm" if model.target_spacing else "")
+                  + f", on {model.device}")
+    kinds = sorted({job.source.kind for job in jobs})
+    for kind in kinds:
+        if kind in DEFAULT_INTENSITY:
+            chosen = args.intensity or f"{DEFAULT_INTENSITY[kind]} (default; declare with --intensity)"
+            console.print(f"intensity of {kind} inputs: {chosen}")
+        elif kind == "stored":
+            console.print("intensity: as stored in the canonical dataset folder (0..255)")
+    console.print(f"mirroring: axes {tuple(module.inference.get('mirror_axes', ()))}")
+
+
+# ------------------------------------------------------------------------------------------------- prediction
+def predict_all(jobs: list[Job], model: Model, args, console: Console) -> tuple[int, list[str]]:
+    """Predict the jobs in order; (outputs written, failure messages). Stops at the first failure unless
+    --keep-going."""
+    done, failures = 0, []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("predicting", total=len(jobs))
+        for job in jobs:
+            progress.update(task, description=job.source.name)
+            try:
+                scan = read_scan(job.source, args.intensity or DEFAULT_INTENSITY.get(job.source.kind))
+                predict_scan(scan, job, model, args.label_format)
+                done += 1
+            except DatasetError as error:
+                failures.append(str(error))
+                progress.console.print(f"[red]failed:[/red] {error}")
+                if not args.keep_going:
+                    break
+            progress.advance(task)
+    return done, failures
+
+
+def predict_scan(scan: Scan, job: Job, model: Model, label_format: str) -> None:
+    """Preprocess as in training, slide the window, and write the results on the input's grid."""
+    module = model.module
+    if scan.source.kind == "slice" and module.net_spatial_dims != 2:
+        raise DatasetError(f"{scan.source.path}: a 2D slice, but this run's model is 3D; use a 2D model's run")
+    subject = tio.Subject(image=tio.ScalarImage(tensor=torch.from_numpy(scan.image)[None], affine=scan.affine),
+                          intensity=scan.intensity)
+    image = tio.Compose(image_preprocessing(model.target_spacing))(subject)["image"].data.float()
+    probabilities = module.predict_volume(image.to(model.device))
+    if job.probabilities:
+        probabilities = on_grid(probabilities, scan.image.shape)
+        for index, path in enumerate(job.probabilities.values(), start=1):
+            write_output(scan, probabilities[index].cpu().numpy(), path)
+    labels = module.labels_on_grid(probabilities, scan.image.shape).cpu().numpy()
+    if label_format == "benchmark":
+        labels = benchmark_labels(labels, module.label_values)
+    write_output(scan, labels, job.labels)
+
+
+def on_grid(probabilities: torch.Tensor, shape) -> torch.Tensor:
+    """Probabilities resampled to the scan's own grid, as `labels_on_grid` does before its argmax."""
+    if tuple(probabilities.shape[1:]) == tuple(shape):
+        return probabilities
+    return F.interpolate(probabilities[None], size=tuple(shape), mode="trilinear", align_corners=False)[0]
+
+
+def benchmark_labels(labels: np.ndarray, label_values) -> np.ndarray:
+    """The benchmark's files: lungs 1/2 and all three 1/2/3 as canonical; an infection-only model writes 1."""
+    if set(label_values) == {0, LABELS["infection"]}:
+        return (labels == LABELS["infection"]).astype(np.uint8)
+    return labels
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
