@@ -11,6 +11,8 @@ import pytest
 
 from covlight.data.splits import (
     COVID_CASES,
+    MOSMED,
+    MOSMED_CASES,
     SPLIT_FILES,
     SUBTASKS,
     TASKS,
@@ -92,8 +94,16 @@ def test_task3_files_are_task2_train_plus_task1_fold_train():
             assert split.train[dataset] + split.train[COVID] == entry["train"]
             assert split.train[COVID] == T1[fold]["train"]
             assert split.val == {dataset: entry["val"]}
-            assert split.test == {COVID: entry["test"]}
+            assert split.test == {COVID: entry["test"], **mosmed(subtask)}
             assert list(split.train) == [dataset, COVID]
+
+
+def mosmed(subtask: str) -> dict[str, list[str]]:
+    return {MOSMED: list(MOSMED_CASES)} if subtask != "lung" else {}
+
+
+def test_mosmed_is_the_50_labelled_ct1_studies():
+    assert len(MOSMED_CASES) == 50 and MOSMED_CASES[0] == "study_0255" and MOSMED_CASES[-1] == "study_0304"
 
 
 @pytest.mark.parametrize("subtask", SUBTASKS)
@@ -102,12 +112,12 @@ def test_task1(subtask, fold):
     split = official_split("task1", subtask, fold)
     assert split.train == {COVID: T1[fold]["train"]}
     assert split.val == {}, "task1's official val lists are its test cases: nothing may select on them"
-    assert split.test == {COVID: T1[fold]["val"]}
+    assert split.test == {COVID: T1[fold]["val"], **mosmed(subtask)}
     train80 = official_split("task1", subtask, fold, variant="train80")
     assert (train80.train, train80.val, train80.test) == (
         {COVID: T1[fold]["val"]},
         {},
-        {COVID: T1[fold]["train"]},
+        {COVID: T1[fold]["train"], **mosmed(subtask)},
     )
 
 
@@ -120,7 +130,7 @@ def test_task2(source, subtask, fold):
         split = official_split("task2", subtask, fold, source, variant)
         assert split.train == {dataset: entry["train"]}
         assert split.val == {dataset: entry["val"]}
-        assert split.test == {COVID: list(COVID_CASES)}
+        assert split.test == {COVID: list(COVID_CASES), **mosmed(subtask)}
         assert split.warnings == ()
 
 

@@ -148,6 +148,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         num_workers: int = 2,
         val_patches_per_case: int = 4,
         inner_validation: int = 0,
+        missing_cases: str = "error",
+        optional_test_sets: Sequence[str] = ("mosmed",),
+        balanced_sampling: bool = False,
         augmentation: dict | None = None,
         unlabelled: dict | None = None,
     ):
@@ -166,6 +169,11 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.val_patches_per_case = val_patches_per_case
         self.inner_validation = inner_validation
+        if missing_cases not in ("error", "skip"):
+            raise ValueError(f"data.missing_cases={missing_cases!r}: use 'error' or 'skip'")
+        self.missing_cases = missing_cases
+        self.optional_test_sets = tuple(optional_test_sets)
+        self.balanced_sampling = balanced_sampling
         self.augmentation = dict(augmentation or {})
         self.unlabelled = dict(unlabelled) if unlabelled else None
         self.target_spacing: tuple[float, ...] | None = None
@@ -178,7 +186,19 @@ class SegmentationDataModule(pl.LightningDataModule):
     def _records(self, lists: dict[str, list[str]], need_labels: bool, what: str) -> list[CaseRecord]:
         records = []
         for dataset_name, case_ids in lists.items():
+            if what == "the test split" and dataset_name in self.optional_test_sets \
+                    and not (self.root / dataset_name / "dataset.json").is_file():
+                warnings.warn(f"test set {dataset_name} is not imported under {self.root}: not tested on it "
+                              f"(python -m covlight.prepare {dataset_name} ... adds it)", stacklevel=2)
+                continue
             dataset = self._dataset(dataset_name)
+            if self.missing_cases == "skip":
+                present = [c for c in case_ids if c in dataset.cases]
+                if len(present) < len(case_ids):
+                    warnings.warn(f"{dataset.root}: {len(case_ids) - len(present)} of {len(case_ids)} cases of "
+                                  f"{what} are not imported; using the {len(present)} present "
+                                  "(data.missing_cases=skip)", stacklevel=2)
+                case_ids = present
             dataset.require(case_ids, what=f"{what} ({dataset_name})")
             for case_id in case_ids:
                 entry = dataset.cases[case_id]
@@ -267,6 +287,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             patches_per_epoch=self.batches_per_epoch * self.batch_size,
             buffer_size=self.patch_buffer,
             augmentation=augmentation_preset(self.spatial_dims, **self.augmentation),
+            groups=[r.dataset for r in self.records["train"]] if self.balanced_sampling else None,
         )
         # Workers start afresh each epoch, seeded from the epoch's seed (see callbacks/seeding.py).
         labelled = DataLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers,

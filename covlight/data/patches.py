@@ -17,7 +17,8 @@ from covlight.data.sampling import ForegroundSampler
 class PatchStream(IterableDataset):
     """`patches_per_epoch` augmented patches per epoch, split over the loader's workers.
 
-    Each worker keeps a buffer of up to `buffer_size` patches drawn `samples_per_volume` at a time from cases
+    With `groups` (the dataset of each case) datasets are sampled equally often, whatever their size
+    (`source=all`: balanced sampling over sources). Each worker keeps a buffer of up to `buffer_size` patches drawn `samples_per_volume` at a time from cases
     it loads in a random order, and hands out a random one from the buffer.
     """
 
@@ -29,6 +30,7 @@ class PatchStream(IterableDataset):
         patches_per_epoch: int,
         buffer_size: int,
         augmentation: tio.Transform | None = None,
+        groups: list[str] | None = None,
     ):
         self.subjects = subjects
         self.sampler = sampler
@@ -36,6 +38,7 @@ class PatchStream(IterableDataset):
         self.patches_per_epoch = patches_per_epoch
         self.buffer_size = max(buffer_size, samples_per_volume)
         self.augmentation = augmentation
+        self.groups = groups
 
     def __len__(self) -> int:
         return self.patches_per_epoch
@@ -48,8 +51,17 @@ class PatchStream(IterableDataset):
         return share + (1 if worker.id < extra else 0)
 
     def _case_order(self):
+        """Cases in random order; with `groups` (one name per case) each group is drawn equally often."""
+        if self.groups is None:
+            while True:
+                yield from torch.randperm(len(self.subjects)).tolist()
+        members: dict[str, list[int]] = {}
+        for index, group in enumerate(self.groups):
+            members.setdefault(group, []).append(index)
+        names = sorted(members)
         while True:
-            yield from torch.randperm(len(self.subjects)).tolist()
+            group = members[names[int(torch.randint(len(names), ()))]]
+            yield group[int(torch.randint(len(group), ()))]
 
     def __iter__(self):
         cases = self._case_order()

@@ -51,6 +51,9 @@ COVID_CASES: tuple[str, ...] = (
     "radiopaedia_7_85703_0",
 )
 # Two scans of one patient: official folds 2 and 4 put one in training and the other in the test set.
+# MosMedData COVID19_1110: the 50 CT-1 studies with infection masks, a test set of every infection model.
+MOSMED = "mosmed"
+MOSMED_CASES: tuple[str, ...] = tuple(f"study_{n:04d}" for n in range(255, 305))
 TWINS: tuple[str, str] = ("radiopaedia_10_85902_1", "radiopaedia_10_85902_3")
 
 TASKS = ("task1", "task2", "task3")
@@ -144,7 +147,7 @@ def official_split(
         if source is not None:
             raise ValueError(f"task1 trains on COVID-19-CT-Seg only: source must be None, got {source!r}")
         train, test, warnings = _covid_fold(task, fold, variant)
-        return Split(train={COVID: train}, val={}, test={COVID: test}, warnings=warnings)
+        return Split(train={COVID: train}, val={}, test={COVID: test} | _mosmed(subtask), warnings=warnings)
 
     if subtask == "lung_infection":
         raise ValueError(
@@ -162,9 +165,15 @@ def official_split(
     train = {dataset: lists["train"] for dataset, lists in source_lists.items()}
     val = {dataset: lists["val"] for dataset, lists in source_lists.items()}
     if task == "task2":
-        return Split(train=train, val=val, test={COVID: list(COVID_CASES)})
+        return Split(train=train, val=val, test={COVID: list(COVID_CASES)} | _mosmed(subtask))
     covid_train, covid_test, warnings = _covid_fold(task, fold, variant)
-    return Split(train=train | {COVID: covid_train}, val=val, test={COVID: covid_test}, warnings=warnings)
+    return Split(train=train | {COVID: covid_train}, val=val, test={COVID: covid_test} | _mosmed(subtask),
+                 warnings=warnings)
+
+
+def _mosmed(subtask: str) -> dict[str, list[str]]:
+    """MosMed (infection only) is a test set of every model that segments infection."""
+    return {MOSMED: list(MOSMED_CASES)} if subtask in ("infection", "lung_infection") else {}
 
 
 def _source_lists(task: str, subtask: str, source: str | None) -> dict[str, dict[str, list[str]]]:
