@@ -151,6 +151,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         missing_cases: str = "error",
         optional_test_sets: Sequence[str] = ("mosmed",),
         balanced_sampling: bool = False,
+        test_in_domain: bool = True,
         augmentation: dict | None = None,
         unlabelled: dict | None = None,
     ):
@@ -174,6 +175,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.missing_cases = missing_cases
         self.optional_test_sets = tuple(optional_test_sets)
         self.balanced_sampling = balanced_sampling
+        self.test_in_domain = test_in_domain
         self.augmentation = dict(augmentation or {})
         self.unlabelled = dict(unlabelled) if unlabelled else None
         self.target_spacing: tuple[float, ...] | None = None
@@ -230,6 +232,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.records["train"] = self._records(self.split.train, need_labels=True, what="the training split")
         self.records["val"] = self._records(self.split.val, need_labels=True, what="the validation split")
         self.records["test"] = self._records(self.split.test, need_labels=True, what="the test split")
+        if self.test_in_domain:  # tasks 2 and 3: the held-out lists are scored too, as in-domain results
+            self.records["test"] = self.records["val"] + self.records["test"]
         if self.unlabelled:
             pool = pool_lists(self.unlabelled, self.split, lambda name: self._dataset(name).cases)
             self.records["unlabelled"] = self._records(pool, need_labels=False, what="the unlabelled pool")
