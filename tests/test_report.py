@@ -63,7 +63,7 @@ def sweep(tmp_path_factory):
             for name in NAMES for fold in FOLDS}
     failed = make_run(root, "unet2d", 2, state="failed", error="RuntimeError: out of memory")
     running = make_run(root, "unet3d", 3, state="running")
-    out = root.parent / "report"
+    out = tmp_path_factory.mktemp("report") / "report"
     assert main([str(root), "--out", str(out)]) == 0
     return {"root": root, "runs": runs, "failed": failed, "running": running, "out": out}
 

@@ -36,7 +36,8 @@ class CheckCase(tio.Transform):
     def apply_transform(self, subject: tio.Subject) -> tio.Subject:
         image = subject["image"]
         if not torch.isfinite(image.data).all():
-            raise DatasetError(f"{image.path}: image has NaN or infinite voxels. Re-import the case.")
+            raise DatasetError(f"{image.path}: image has NaN or infinite voxels. Repair the source scan, delete this "
+                               "file and re-run the import of this dataset.")
         if "label" in subject:
             label = subject["label"]
             values = set(torch.unique(label.data).tolist())
@@ -92,6 +93,43 @@ def _torch_pad(padding: list[int]) -> list[int]:
     return padding[4:6] + padding[2:4] + padding[0:2]
 
 
+class RandomContrast(tio.Transform):
+    """nnU-Net's contrast augmentation: scale each image's deviation from its mean by a factor drawn from
+    `factor_range`, then clip to the image's original range."""
+
+    def __init__(self, factor_range: Sequence[float] = (0.75, 1.25), **kwargs):
+        super().__init__(**kwargs)
+        self.factor_range = tuple(factor_range)
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        for image in subject.get_images(intensity_only=True):
+            data = image.data.float()
+            factor = torch.empty(()).uniform_(*self.factor_range)
+            mean = data.mean()
+            image.set_data(((data - mean) * factor + mean).clamp(data.min(), data.max()))
+        return subject
+
+
+class RandomHistogramWarp(tio.Transform):
+    """Histogram augmentation: a random monotone piecewise-linear remapping between the image's deciles (each gap
+    between consecutive deciles scaled by exp(U(-strength, strength)), the overall range kept), so intensity
+    histograms vary as between scanners and reconstructions."""
+
+    def __init__(self, strength: float = 0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.strength = strength
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        for image in subject.get_images(intensity_only=True):
+            data = image.data.float()
+            source = torch.quantile(data.flatten(), torch.linspace(0, 1, 11))
+            gaps = source.diff() * torch.empty(10).uniform_(-self.strength, self.strength).exp()
+            scale = (source[-1] - source[0]) / gaps.sum().clamp_min(1e-8)
+            target = source[0] + torch.cat([torch.zeros(1), gaps.cumsum(0)]) * scale
+            image.set_data(torch.from_numpy(np.interp(data.numpy(), source.numpy(), target.numpy())).float())
+        return subject
+
+
 def augmentation_preset(
     spatial_dims: int,
     affine_probability: float = 0.2,
@@ -106,8 +144,17 @@ def augmentation_preset(
     low_resolution_probability: float = 0.15,
     low_resolution_factor: Sequence[float] = (1.0, 2.0),
     flip_axes: Sequence[int] = (),
+    bias_field_probability: float = 0.0,
+    bias_field_coefficients: float = 0.2,
+    contrast_probability: float = 0.0,
+    contrast_range: Sequence[float] = (0.75, 1.25),
+    histogram_probability: float = 0.0,
+    histogram_strength: float = 0.5,
 ) -> tio.Compose:
     """The nnU-Net-spirit preset: affine, gamma, noise, blur, simulated low resolution (and flips if asked).
+
+    Off by default, for intensity domain generalisation: bias field, contrast and histogram augmentation
+    (added only when asked, so the default preset draws exactly the same random numbers as before).
 
     Rotations are in-plane for 2D models and mostly in-plane for 3D (slices are usually much thicker).
     """
@@ -129,4 +176,10 @@ def augmentation_preset(
     ]
     if flip_axes:
         transforms.insert(0, tio.RandomFlip(axes=tuple(flip_axes), flip_probability=0.5))
+    if bias_field_probability:
+        transforms.append(tio.RandomBiasField(coefficients=bias_field_coefficients, p=bias_field_probability))
+    if contrast_probability:
+        transforms.append(RandomContrast(contrast_range, p=contrast_probability))
+    if histogram_probability:
+        transforms.append(RandomHistogramWarp(histogram_strength, p=histogram_probability))
     return tio.Compose(transforms)

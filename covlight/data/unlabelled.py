@@ -4,16 +4,17 @@ Configured as `data.unlabelled = {"datasets": ..., "ratio": r}`: `datasets` is a
 of each) or a mapping name -> "all" | [case ids]; `ratio` is the number of unlabelled patches per labelled patch.
 Unlabelled cases need only an image (a label file, if present, is never read).
 
-The rule (DESIGN): the pool never holds a test case. By construction, a pool may not name a dataset that holds test
-cases of the benchmark (`covid19_ct_seg`: every one of its cases is a test case of some task; `mosmed`: its 50
-labelled CT-1 studies are test cases), nor any case id listed by the split's test or held-out lists, nor a labelled
-MosMed study under another dataset name. The unlabelled MosMed studies (`python -m covlight.prepare mosmed
---unlabelled` -> `mosmed_unlabelled`) are the pool for real data. Breaking the rule is an error, never a silent drop.
+The rule (DESIGN): the pool never holds a test case of any task. By construction, a pool may not name a dataset
+that holds test cases (`covid19_ct_seg`: every one of its cases is a test case of some task or fold; `mosmed`: its
+50 labelled CT-1 studies are test cases), nor hold, under any dataset name, a COVID-19-CT-Seg case id, a labelled
+MosMed study id, or a case id of the split's test or held-out (in-domain test / validation) lists. The unlabelled
+MosMed studies (`python -m covlight.prepare mosmed --unlabelled` -> `mosmed_unlabelled`) are the pool for real
+data. Breaking the rule is an error naming the cases, never a silent drop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 import torchio as tio
@@ -21,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from covlight.data.canonical import DatasetError
 from covlight.data.patches import PatchStream
-from covlight.data.splits import COVID, MOSMED, MOSMED_CASES, Split
+from covlight.data.splits import COVID, COVID_CASES, MOSMED, MOSMED_CASES, Split
 from covlight.data.transforms import PadToAtLeast
 
 TEST_DATASETS = {
@@ -40,21 +41,22 @@ def pool_lists(unlabelled: dict, split: Split, cases_of: Callable[[str], Iterabl
         datasets = [datasets]
     if not datasets:
         raise DatasetError("data.unlabelled.datasets is empty: name the unlabelled datasets, e.g. [mosmed_unlabelled]")
-    if not isinstance(datasets, dict):
+    if not isinstance(datasets, Mapping):
         datasets = {name: "all" for name in datasets}
-    held_out = {case for lists in (split.val, split.test) for cases in lists.values() for case in cases}
+    never = {case for lists in (split.val, split.test) for cases in lists.values() for case in cases}
+    never |= set(COVID_CASES) | set(MOSMED_CASES)
     pool = {}
     for name, cases in datasets.items():
         if name in TEST_DATASETS:
             raise DatasetError(f"data.unlabelled names {name}, which is never an unlabelled pool: "
                                f"{TEST_DATASETS[name]}.")
         cases = list(cases_of(name)) if cases == "all" else [str(c) for c in cases]
-        forbidden = sorted(c for c in cases if c in held_out or c in MOSMED_CASES)
+        forbidden = sorted(c for c in cases if c in never)
         if forbidden:
             raise DatasetError(
-                f"the unlabelled pool ({name}) holds test or held-out case(s) {forbidden[:5]}"
-                f"{' ...' if len(forbidden) > 5 else ''} of this split; a pool never contains a test case. "
-                f"List the cases of data.unlabelled.datasets.{name} explicitly without them."
+                f"the unlabelled pool ({name}) holds test case(s) {forbidden[:5]}{' ...' if len(forbidden) > 5 else ''}"
+                " (COVID-19-CT-Seg, labelled MosMed, or this split's test / held-out lists); a pool never contains "
+                f"a test case. List the cases of data.unlabelled.datasets.{name} explicitly without them."
             )
         pool[name] = cases
     return pool
