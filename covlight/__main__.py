@@ -25,6 +25,7 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
 
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
+        check_objective_name(cfg)
         result = run(cfg)
         return objective(cfg, result)
     except USER_ERRORS as error:
@@ -41,13 +42,18 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
     return None
 
 
+def check_objective_name(cfg: DictConfig) -> None:
+    """Refuse, before any training, to optimise anything but a validation metric."""
+    name = cfg.get("optimized_metric")
+    if name and not str(name).startswith("val"):
+        raise ValueError(f"optimized_metric={name}: only validation metrics (val...) may be optimised")
+
+
 def objective(cfg: DictConfig, result: dict) -> float | None:
     """The value a hyper-parameter sweeper optimises: a validation metric, never a test score."""
     name = cfg.get("optimized_metric")
     if not name:
         return None
-    if not str(name).startswith("val"):
-        raise ValueError(f"optimized_metric={name}: only validation metrics (val...) may be optimised")
     if name not in result["validation"]:
         raise ValueError(f"optimized_metric={name} was not logged; logged: {sorted(result['validation'])}")
     return result["validation"][name]
