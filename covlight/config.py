@@ -118,7 +118,7 @@ def job_name(fold, seed) -> str:
 def read_status(run_dir: Path) -> dict:
     path = Path(run_dir) / STATUS_FILE
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return {}
 
@@ -129,7 +129,7 @@ def write_status(run_dir: Path, state: str, **extra) -> None:
     payload = {**read_status(run_dir), "state": state, "updated": _dt.datetime.now().isoformat(timespec="seconds"),
                **extra}
     tmp = path.with_name(f".partial-{os.getpid()}-{STATUS_FILE}")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 

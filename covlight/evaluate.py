@@ -172,7 +172,7 @@ def ground_truth_folder(gt_dir: Path) -> tuple[Path, list[str] | None]:
     for root, labels_dir in ((gt_dir, gt_dir / "labels"), (gt_dir.parent, gt_dir)):
         if (root / "dataset.json").is_file() and labels_dir.is_dir() and labels_dir.name == "labels":
             try:
-                annotated = json.loads((root / "dataset.json").read_text()).get("annotated")
+                annotated = json.loads((root / "dataset.json").read_text(encoding="utf-8")).get("annotated")
             except (OSError, json.JSONDecodeError) as error:
                 raise UsageError(f"cannot read {root / 'dataset.json'} ({error}); repair it or re-run the "
                                  "import, or point --gt at the labels folder and pass --structures") from None
@@ -319,7 +319,7 @@ def write_csv(path: Path, header: list[str], rows: list[dict]) -> None:
     """Write under a temporary name, then rename: a CSV that exists is complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
-    with open(tmp, "w", newline="") as handle:
+    with open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         for row in rows:

@@ -59,18 +59,18 @@ class SweepSummary(Callback):
             "state": "failed" if failed else "finished",
             "error": error,
         }
-        with open(log, "a") as handle:
+        with open(log, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         log = Path(os.environ.get(LOG_VARIABLE, ""))
         if not log.is_file():
             return
-        records = sorted((json.loads(line) for line in log.read_text().splitlines() if line.strip()),
+        records = sorted((json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()),
                          key=lambda r: r["job"])
         summary = {"jobs": len(records), "failed": [r for r in records if r["state"] != "finished"],
                    "finished": [r["run_dir"] for r in records if r["state"] == "finished"]}
-        log.with_suffix(".summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        log.with_suffix(".summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
         print_summary(records)
         if summary["failed"]:
             sys.exit(1)

@@ -96,7 +96,7 @@ def run(cfg: DictConfig) -> dict:
 def _start_run_folder(cfg: DictConfig, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {k: v for k, v in resolved_container(cfg).items() if k != "hydra"}
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config), encoding="utf-8")
     identity = {k: config.get(k) for k in ("name", "fold", "seed")}
     identity.update(task=cfg.task.name, source=cfg.source.name, subtask=cfg.subtask.name, model=cfg.model.name)
     write_status(run_dir, "running", identity=identity)

@@ -31,12 +31,12 @@ def make_run(root, name, fold, state="finished", rows=None, stamp="2026-01-01_00
     identity = {"name": name, "fold": fold, "seed": 0, "task": "task1", "source": None,
                 "subtask": "lung_infection", "model": name}
     status = {"state": state, "identity": identity} | ({"error": error} if error else {})
-    (path / "status.json").write_text(json.dumps(status))
+    (path / "status.json").write_text(json.dumps(status), encoding="utf-8")
     if rows is not None:
         lines = [",".join(["Name", "dataset", *COLUMNS])]
         lines += [",".join([case, dataset, *("nan" if math.isnan(v) else f"{v:.6f}" for v in values)])
                   for case, dataset, values in rows]
-        (path / "metrics.csv").write_text("\n".join(lines) + "\n")
+        (path / "metrics.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
@@ -69,7 +69,7 @@ def sweep(tmp_path_factory):
 
 
 def read_csv(path):
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
 
 
@@ -117,7 +117,7 @@ def test_nan_case_excluded_and_counted(sweep):
     rows = [r for r in cases_of(sweep, "unet2d", FOLDS, "covid19_ct_seg") if r["Name"] != NAN_CASE[2]]
     assert len(rows) == 7
     assert float(row["mean"]) == pytest.approx(100 * np.mean([float(r["LesionDSC"]) for r in rows]), abs=1e-9)
-    line = next(line for line in (sweep["out"] / "report.md").read_text().splitlines()
+    line = next(line for line in (sweep["out"] / "report.md").read_text(encoding="utf-8").splitlines()
                 if line.startswith("| unet2d | 0, 1 |"))
     assert "(1 NaN)" in line
 
@@ -125,7 +125,7 @@ def test_nan_case_excluded_and_counted(sweep):
 def test_published_baselines_beside_ours(sweep):
     summary = read_csv(sweep["out"] / "summary.csv")
     per_fold = read_csv(sweep["out"] / "per_fold.csv")
-    report = (sweep["out"] / "report.md").read_text()
+    report = (sweep["out"] / "report.md").read_text(encoding="utf-8")
     for (structure, metric), _ in STRUCTURE_COLUMNS.items():
         for dims in ("2D", "3D"):
             (cell,) = published_table(task="task1", model=f"{dims} U-Net (nnU-Net)", setting="Task1-Union",
@@ -152,7 +152,7 @@ def test_published_baselines_beside_ours(sweep):
 
 
 def test_coverage_missing_and_skipped(sweep):
-    report = (sweep["out"] / "report.md").read_text()
+    report = (sweep["out"] / "report.md").read_text(encoding="utf-8")
     for name in NAMES:
         assert f"task1 · lung_infection · {name}: folds 2, 3, 4 missing (finished: folds 0, 1)" in report
     assert f"`{sweep['failed']}`: failed: RuntimeError: out of memory" in report
@@ -168,18 +168,18 @@ def test_plots_are_real_pngs(sweep):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
         image = imread(path)
         assert image.shape[0] > 300 and image.shape[1] > 600 and image[..., :3].std() > 0.05
-        assert f"]({name})" in (sweep["out"] / "report.md").read_text()
+        assert f"]({name})" in (sweep["out"] / "report.md").read_text(encoding="utf-8")
 
 
 def test_refuses_to_overwrite_without_force(sweep, capsys):
     report = sweep["out"] / "report.md"
-    before = report.read_text()
-    report.write_text(before + "\nmy notes\n")
+    before = report.read_text(encoding="utf-8")
+    report.write_text(before + "\nmy notes\n", encoding="utf-8")
     assert main([str(sweep["root"]), "--out", str(sweep["out"])]) == 1
     assert "--force" in capsys.readouterr().err
-    assert report.read_text().endswith("my notes\n")
+    assert report.read_text(encoding="utf-8").endswith("my notes\n")
     assert main([str(sweep["root"]), "--out", str(sweep["out"]), "--force"]) == 0
-    assert report.read_text() == before
+    assert report.read_text(encoding="utf-8") == before
     assert not [p for p in sweep["out"].parent.iterdir() if p.name.startswith(".partial-")]
 
 

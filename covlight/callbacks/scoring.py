@@ -53,7 +53,7 @@ def summarise(rows: list[dict], columns: list[str]) -> dict[str, dict[str, float
 def write_rows_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
     """Write the per-case CSV under a temporary name and rename it when whole."""
     tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
-    with open(tmp, "w", newline="") as handle:
+    with open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=["Name", "dataset", *columns], extrasaction="ignore")
         writer.writeheader()
         for row in rows:

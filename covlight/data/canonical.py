@@ -64,7 +64,7 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
-    tmp.write_text(json.dumps(payload, indent=1, sort_keys=False) + "\n")
+    tmp.write_text(json.dumps(payload, indent=1, sort_keys=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -166,7 +166,7 @@ def read_dataset(root: Path) -> CanonicalDataset:
             "interrupted). Re-run the import, which resumes where it stopped."
         )
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise DatasetError(f"{path} is not valid JSON ({error}). Re-run the import with --force.") from None
     for key in ("name", "annotated", "cases"):

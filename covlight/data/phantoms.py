@@ -604,7 +604,7 @@ def write_phantom_dataset(
 
 def _read_marker(path: Path) -> dict | None:
     try:
-        found = json.loads(path.read_text())
+        found = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return found if isinstance(found, dict) else None

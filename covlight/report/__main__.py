@@ -89,7 +89,7 @@ def write_report(out: Path, collection: Collection, summary: list[dict], per_fol
         for metric, file in PLOTS.items():
             draw_boxplots(collection.runs, metric, partial / file)
         titles = {f"Per-case {metric.upper()}": file for metric, file in PLOTS.items()}
-        (partial / REPORT_FILE).write_text(report_markdown(collection, summary, per_fold, roots, titles))
+        (partial / REPORT_FILE).write_text(report_markdown(collection, summary, per_fold, roots, titles), encoding="utf-8")
         if not out.exists():
             os.replace(partial, out)
             return

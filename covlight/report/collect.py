@@ -122,7 +122,7 @@ def read_run(path: Path) -> Run | Skipped:
 
 def read_metrics(path: Path) -> list[dict]:
     """metrics.csv rows with the metric columns as floats ('nan' stays NaN; unknown columns are dropped)."""
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     cases = []
     for row in rows:
@@ -135,7 +135,7 @@ def read_metrics(path: Path) -> list[dict]:
 def read_task_config(path: Path) -> dict:
     """The `task` block of the run's config.yaml ({} when absent or unreadable): split variant and folds."""
     try:
-        config = yaml.safe_load((path / CONFIG_FILE).read_text())
+        config = yaml.safe_load((path / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         return {}
     task = config.get("task") if isinstance(config, dict) else None

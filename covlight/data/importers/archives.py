@@ -187,7 +187,7 @@ class SourceTree:
         """A small member's text, without extracting the archive."""
         try:
             if self.kind == "dir":
-                return (self.path / relpath).read_text()
+                return (self.path / relpath).read_text(encoding="utf-8")
             if self.kind == "zip":
                 with zipfile.ZipFile(self.path) as archive:
                     return archive.read(self._zip_names[relpath]).decode()

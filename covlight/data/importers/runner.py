@@ -71,13 +71,13 @@ def _previous(root: Path) -> tuple[dict | None, dict]:
 
     A torn last line of the progress log (a kill while appending) is ignored: its case is simply redone."""
     try:
-        final = json.loads((root / "dataset.json").read_text())
+        final = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         final = None
     options = final.get("import_options", {}) if isinstance(final, dict) else None
     entries = dict(final.get("cases", {})) if isinstance(final, dict) else {}
     try:
-        lines = (root / PROGRESS).read_text().splitlines()
+        lines = (root / PROGRESS).read_text(encoding="utf-8").splitlines()
     except OSError:
         lines = []
     for line in lines:
