@@ -373,7 +373,7 @@ def test_a_3d_method_from_the_command_line(data_root, tmp_path):
     env = {**os.environ, "COVLIGHT_DATA": str(data_root), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "covlight", "model=mean_teacher", *TINY[3], *FAST, "logger=csv",
                f"data.unlabelled.datasets=[{POOL}]", f"paths.output_root={tmp_path}"]
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "task1" / "lung" / "mean_teacher_3d" / "fold0-seed0").iterdir()
     assert read_status(run_dir)["state"] == "finished"

@@ -257,13 +257,13 @@ def test_cli_trained_run_predicts_as_its_own_test(model, phantom_root, tmp_path)
     overrides = TINY_2D if model == "2d" else TINY_3D
     train = [sys.executable, "-m", "covlight", "task=task1", "subtask=lung", "task.variant=train80", *overrides,
              *FAST, "logger=none", f"paths.output_root={tmp_path / 'outputs'}"]
-    result = subprocess.run(train, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(train, cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "outputs" / "task1" / "lung" / f"unet{model}" / "fold0-seed0").iterdir()
     out = tmp_path / "pred"
     command = [sys.executable, "-m", "covlight.predict", "--run", str(run_dir),
                "--input", str(phantom_root / "covid19_ct_seg"), "--output", str(out)]
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     tested = sorted((run_dir / "predictions" / COVID).glob("*.nii.gz"))
     assert tested

@@ -39,7 +39,7 @@ def env(phantom_root):
 def test_same_seed_same_metrics_and_killed_run_resumes_to_them(env, tmp_path):
     for name in ("a", "b"):
         done = subprocess.run(command(tmp_path / name, "logger=none"), cwd=REPO, env=env, capture_output=True,
-                              text=True, timeout=600)
+                              encoding="utf-8", errors="replace", timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
     reference = (single_run(tmp_path / "a") / "metrics.csv").read_text()
     assert (single_run(tmp_path / "b") / "metrics.csv").read_text() == reference  # determinism
@@ -57,7 +57,7 @@ def test_same_seed_same_metrics_and_killed_run_resumes_to_them(env, tmp_path):
     assert not (run_dir / "metrics.csv").exists()
 
     resumed = subprocess.run(command(tmp_path / "k", "logger=wandb", "resume=auto"), cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=600)
+                             capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert single_run(tmp_path / "k") == run_dir  # continued in its own folder
     assert read_status(run_dir)["state"] == "finished"
@@ -67,7 +67,7 @@ def test_same_seed_same_metrics_and_killed_run_resumes_to_them(env, tmp_path):
     assert len(offline_runs) == 2 and all(path.name.endswith(wandb_id) for path in offline_runs)
 
     again = subprocess.run(command(tmp_path / "k", "logger=none", "resume=auto"), cwd=REPO, env=env,
-                           capture_output=True, text=True, timeout=600)
+                           capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert again.returncode == 0
     assert len(list((tmp_path / "k" / "task1" / "lung" / "unet2d" / "fold0-seed0").iterdir())) == 2  # new folder
 
@@ -75,7 +75,7 @@ def test_same_seed_same_metrics_and_killed_run_resumes_to_them(env, tmp_path):
 @pytest.mark.slow
 def test_checkpoints_hold_plain_containers(env, tmp_path):
     done = subprocess.run(command(tmp_path, "logger=none", "trainer.max_epochs=1"), cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     checkpoint = torch.load(single_run(tmp_path) / "checkpoints" / "last.ckpt", weights_only=True)
     assert "state_dict" in checkpoint and "hyper_parameters" not in checkpoint

@@ -18,7 +18,7 @@ def run_cli(args, root, tmp_path):
     env = {**os.environ, "COVLIGHT_DATA": str(root)}
     command = [sys.executable, "-m", "covlight", *args, *TINY_2D, *FAST, "logger=none",
                f"paths.output_root={tmp_path}"]
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
 
 
 @pytest.mark.slow
@@ -65,7 +65,7 @@ def test_two_fold_two_model_phantom_sweep_report(phantom_root, tmp_path):
         env = {**os.environ, "COVLIGHT_DATA": str(phantom_root)}
         command = [sys.executable, "-m", "covlight", "-m", *model, *FAST, "logger=none", "fold=0,1",
                    f"paths.output_root={tmp_path / 'outputs'}"]
-        result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
     assert report_main([str(tmp_path / "outputs"), "--out", str(tmp_path / "report")]) == 0
     with open(tmp_path / "report" / "summary.csv") as handle:

@@ -108,7 +108,7 @@ def test_3d_cli_run_with_offline_wandb(phantom_root, tmp_path):
     env = {**os.environ, "COVLIGHT_DATA": str(phantom_root)}
     command = [sys.executable, "-m", "covlight", "task=task1", "subtask=lung", "fold=0", *TINY_3D, *FAST,
                f"paths.output_root={tmp_path}"]
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "task1" / "lung" / "unet3d" / "fold0-seed0").iterdir()
     assert read_status(run_dir)["state"] == "finished"
@@ -124,14 +124,14 @@ def test_3d_cli_run_with_offline_wandb(phantom_root, tmp_path):
     assert sorted(r[0] for r in table["data"]) == sorted(r["Name"] for r in rows)
     assert len(list((offline / "files" / "media" / "images" / "test").glob("overlays_*.png"))) == 3
     sync = subprocess.run([str(Path(sys.executable).parent / "wandb"), "sync", "--dry-run", str(offline)],
-                          capture_output=True, text=True, env=env, timeout=120)
+                          capture_output=True, encoding="utf-8", errors="replace", env=env, timeout=120)
     assert sync.returncode == 0, sync.stderr
 
 
 def test_missing_dataset_is_one_clear_error(tmp_path):
     env = {**os.environ, "COVLIGHT_DATA": str(tmp_path / "nowhere")}
     command = [sys.executable, "-m", "covlight", *TINY_2D, *FAST, "logger=none", f"paths.output_root={tmp_path}"]
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
     assert result.returncode == 1
     assert "does not exist" in result.stderr and "covlight.phantoms" in result.stderr
     assert "Traceback" not in result.stderr
@@ -149,7 +149,7 @@ def test_ddp_on_two_cpu_processes_scores_every_case_once(phantom_root, tmp_path)
            "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1"]
     common = [*TINY_3D, *[o for o in FAST if o != "trainer=debug"], "logger=csv"]
     first = subprocess.run([sys.executable, "-m", "covlight", *common, *ddp, f"paths.output_root={tmp_path / 'ddp'}"],
-                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                           cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     (ddp_run,) = (tmp_path / "ddp" / "task1" / "lung" / "unet3d" / "fold0-seed0").iterdir()
     assert read_status(ddp_run)["state"] == "finished"
@@ -159,7 +159,7 @@ def test_ddp_on_two_cpu_processes_scores_every_case_once(phantom_root, tmp_path)
     checkpoint = ddp_run / "checkpoints" / "last.ckpt"
     second = subprocess.run([sys.executable, "-m", "covlight", *common, "test_only=true", f"ckpt_path={checkpoint}",
                              f"paths.output_root={tmp_path / 'single'}"],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                            cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     (single_run,) = (tmp_path / "single" / "task1" / "lung" / "unet3d" / "fold0-seed0").iterdir()
     assert read_metrics(single_run / "metrics.csv") == ddp_rows
@@ -177,7 +177,7 @@ def test_sweep_goes_on_after_a_failed_job_and_says_why(phantom_root, tmp_path):
     env = {**os.environ, "COVLIGHT_DATA": str(phantom_root)}
     command = [sys.executable, "-m", "covlight", "-m", *TINY_2D, *FAST, "logger=none", "fold=7,0",
                f"paths.output_root={tmp_path}"]
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "1/2 jobs finished" in result.stderr
     (summary_file,) = (tmp_path / "sweeps").glob("*.summary.json")
