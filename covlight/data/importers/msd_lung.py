@@ -49,7 +49,7 @@ def _check_codes(tree: SourceTree) -> None:
         raise DatasetError(f"{tree.path}: no dataset.json; --src must be the Task06_Lung folder (or its tar).")
     ref = tree.ref(found[0][1])
     try:
-        labels = json.loads(tree.read_text(ref.relpath, encoding="utf-8"))["labels"]
+        labels = json.loads(tree.read_text(ref.relpath))["labels"]
     except (ValueError, KeyError, TypeError) as error:
         raise DatasetError(f"{ref.display} cannot be read as the task's dataset.json ({error}).") from None
     if set(labels) != {"0", "1"} or not re.search(r"cancer|tumou?r|nodule", str(labels["1"]), re.I):
