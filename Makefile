@@ -31,5 +31,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/metrics.py --out benchmarks/results/metrics.json
 
+bench-memory: $(STAMP)
+	$(PY) benchmarks/memory.py --out benchmarks/results/memory.json
+
 clean:
 	rm -rf $(VENV) outputs multirun demo_data

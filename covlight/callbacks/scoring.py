@@ -19,7 +19,7 @@ import torch.distributed as dist
 from lightning.pytorch.loggers import WandbLogger
 
 from covlight.callbacks.overlays import save_overlay
-from covlight.data.canonical import save_nifti
+from covlight.data.canonical import LABELS, DatasetError, read_volume, save_nifti
 from covlight.metrics import STRUCTURES, score_case
 
 METRICS_FILE = "metrics.csv"
@@ -63,8 +63,12 @@ def write_rows_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
 
 def load_truth(label_path: str, device: torch.device) -> tuple[torch.Tensor, tuple[float, ...]]:
     """A ground-truth label map on `device` and its spacing (from the header, as the benchmark's script)."""
-    label_file = nib.load(label_path)
-    truth = torch.from_numpy(np.asarray(label_file.dataobj, dtype=np.uint8)).to(device)
+    data, label_file = read_volume(Path(label_path))
+    truth = torch.from_numpy(np.asarray(data, dtype=np.uint8)).to(device)
+    unexpected = sorted(set(torch.unique(truth).tolist()) - set(LABELS.values()))
+    if unexpected:
+        raise DatasetError(f"{label_path}: unexpected label values {unexpected}; canonical labels are {LABELS}. "
+                           "Re-import with the right label mapping.")
     return truth, tuple(float(s) for s in label_file.header.get_zooms()[:3])
 
 

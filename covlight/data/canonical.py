@@ -115,6 +115,63 @@ def write_dataset_json(root: Path, name: str, cases: dict, annotated: list[str],
     return path
 
 
+def _damaged(path: Path, error: Exception) -> DatasetError:
+    return DatasetError(
+        f"{path} cannot be read ({type(error).__name__}: {error}): the file is damaged or incomplete. Delete it and "
+        "re-run the import of this dataset (a rerun re-imports the cases whose files are missing)."
+    )
+
+
+def open_nifti(path: Path) -> nib.Nifti1Image:
+    """A canonical NIfTI file, header read, data not yet: one clear error when it is missing or not NIfTI."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing. Re-run the import of this dataset, which re-imports missing files.")
+    try:
+        return nib.load(str(path), mmap=False)
+    except Exception as error:  # nibabel and gzip raise many kinds for a damaged file
+        raise _damaged(path, error) from None
+
+
+def read_volume(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """A canonical 3D volume, whole, and its NIfTI image (header and affine); one clear error when damaged.
+
+    Read with nibabel, never TorchIO's default SimpleITK reader: its NIfTI library silently zero-fills a truncated
+    .nii.gz and turns NaN/inf voxels into 0, so a damaged case would train as if it were whole.
+    """
+    image = open_nifti(path)
+    try:
+        data = np.asanyarray(image.dataobj)
+    except Exception as error:  # a truncated .nii.gz: EOFError, zlib.error, OSError
+        raise _damaged(Path(path), error) from None
+    if data.ndim != 3:
+        raise DatasetError(f"{path}: expected a 3D volume, got shape {data.shape}. Re-import the case.")
+    return data, image
+
+
+def read_canonical(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A canonical file as a (1, x, y, z) array and its affine: the `reader` of covlight's TorchIO images."""
+    data, image = read_volume(path)
+    return data[None], image.affine
+
+
+def grid_difference(image: nib.Nifti1Image, label: nib.Nifti1Image, atol: float = 1e-3) -> str | None:
+    """What differs between the voxel grids of an image and its label (shape, spacing, origin, direction),
+    or None when they share one grid."""
+    if label.shape != image.shape:
+        return f"shape {label.shape} differs from the image's {image.shape}"
+    spacing, label_spacing = nib.affines.voxel_sizes(image.affine), nib.affines.voxel_sizes(label.affine)
+    if not np.allclose(label_spacing, spacing, atol=atol):
+        return (f"spacing {np.round(label_spacing, 4).tolist()} mm differs from the image's "
+                f"{np.round(spacing, 4).tolist()} mm")
+    offset = float(np.abs(label.affine[:3, 3] - image.affine[:3, 3]).max())
+    if offset > atol:
+        return f"origin is {offset:.3g} mm away from the image's"
+    if not np.allclose(label.affine[:3, :3], image.affine[:3, :3], atol=atol):
+        return "direction (axis orientation) differs from the image's"
+    return None
+
+
 @dataclass
 class CanonicalDataset:
     """A canonical dataset folder as read from its `dataset.json`."""
@@ -144,11 +201,13 @@ class CanonicalDataset:
                 f"data.root at the right dataset folder."
             )
         for case_id in case_ids:
-            if not self.image_path(case_id).is_file():
-                raise DatasetError(
-                    f"{self.image_path(case_id)} is listed in {self.root / 'dataset.json'} but missing on disk. "
-                    "Re-run the import for this dataset."
-                )
+            paths = [self.image_path(case_id)] + ([self.label_path(case_id)] if self.has_label(case_id) else [])
+            for path in paths:
+                if not path.is_file():
+                    raise DatasetError(
+                        f"{path} is listed in {self.root / 'dataset.json'} but missing on disk. "
+                        "Re-run the import for this dataset."
+                    )
 
 
 def read_dataset(root: Path) -> CanonicalDataset:

@@ -11,14 +11,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
-import nibabel as nib
 import numpy as np
 import torch
 import torchio as tio
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
-from covlight.data.canonical import CanonicalDataset, DatasetError, read_dataset
+from covlight.data.canonical import (
+    CanonicalDataset,
+    DatasetError,
+    grid_difference,
+    open_nifti,
+    read_canonical,
+    read_dataset,
+)
 from covlight.data.patches import PatchStream
 from covlight.data.sampling import ForegroundSampler
 from covlight.data.splits import Split
@@ -66,17 +72,17 @@ def image_preprocessing(target_spacing: Sequence[float] | None) -> list[tio.Tran
 
 
 def check_geometry(record: CaseRecord) -> None:
-    """Image and label must share shape and affine; say which file and what to do when they do not."""
-    image = nib.load(str(record.image_path))
+    """Image and label must share one voxel grid; say which file, what differs and what to do when they do not."""
+    image = open_nifti(record.image_path)
     if len(image.shape) != 3:
-        raise DatasetError(f"{record.image_path}: expected a 3D volume, got shape {image.shape}. Re-import it.")
+        raise DatasetError(f"{record.image_path}: expected a 3D volume, got shape {image.shape}. Re-import the case.")
     if record.label_path is None:
         return
-    label = nib.load(str(record.label_path))
-    if label.shape != image.shape or not np.allclose(label.affine, image.affine, atol=1e-3):
+    difference = grid_difference(image, open_nifti(record.label_path))
+    if difference:
         raise DatasetError(
-            f"{record.label_path}: geometry differs from {record.image_path} (shape {label.shape} vs {image.shape}, "
-            "or a different affine). Image and label must share one grid; re-import the case."
+            f"{record.label_path}: {difference} ({record.image_path}). Image and label must share one grid; "
+            "re-import the case."
         )
 
 
@@ -105,7 +111,7 @@ class WholeCaseDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
-        subject = self.transform(tio.Subject(image=tio.ScalarImage(record.image_path), intensity=record.intensity))
+        subject = self.transform(tio.Subject(image=tio.ScalarImage(record.image_path, reader=read_canonical), intensity=record.intensity))
         return {
             "image": subject["image"].data.float(),
             "case_id": record.case_id,
@@ -271,8 +277,8 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def _subject(self, record: CaseRecord) -> tio.Subject:
         subject = tio.Subject(
-            image=tio.ScalarImage(record.image_path),
-            label=tio.LabelMap(record.label_path),
+            image=tio.ScalarImage(record.image_path, reader=read_canonical),
+            label=tio.LabelMap(record.label_path, reader=read_canonical),
             case_id=record.case_id,
             dataset=record.dataset,
             intensity=record.intensity,

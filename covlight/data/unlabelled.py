@@ -20,7 +20,7 @@ import torch
 import torchio as tio
 from torch.utils.data import DataLoader
 
-from covlight.data.canonical import DatasetError
+from covlight.data.canonical import DatasetError, read_canonical
 from covlight.data.patches import PatchStream
 from covlight.data.splits import COVID, COVID_CASES, MOSMED, MOSMED_CASES, Split
 from covlight.data.transforms import PadToAtLeast
@@ -87,7 +87,7 @@ def unlabelled_dataloader(datamodule, augmentation: tio.Transform | None, worker
     """As many batches per epoch as the labelled loader, `ratio` x its batch size, from `records["unlabelled"]`."""
     batch_size = unlabelled_batch_size(float(datamodule.unlabelled.get("ratio", 1.0)), datamodule.batch_size)
     subjects = tio.SubjectsDataset(
-        [tio.Subject(image=tio.ScalarImage(r.image_path), dataset=r.dataset, intensity=r.intensity)
+        [tio.Subject(image=tio.ScalarImage(r.image_path, reader=read_canonical), dataset=r.dataset, intensity=r.intensity)
          for r in datamodule.records["unlabelled"]],
         transform=tio.Compose([datamodule.preprocessing(with_label=False), PadToAtLeast(datamodule.patch_size)]),
     )
