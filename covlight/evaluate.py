@@ -13,8 +13,8 @@ Label formats:
 
 Cases are matched by file stem (`.nii.gz` / `.nii` stripped) and scored in sorted order; every ground truth
 needs a prediction and every prediction a ground truth (`--cases` scores a subset). The CSV is written under a
-temporary name and renamed when whole; NaN (structure absent from both masks) is an empty cell, as pandas
-writes it. Exit status: 0 when every case was scored, 1 when a case failed, 2 for unusable arguments.
+temporary name and renamed when whole; an existing CSV is replaced only with `--force`. NaN (structure absent
+from both masks) is an empty cell, as pandas writes it. Exit status: 0 when every case was scored, 1 when a case failed, 2 for unusable arguments.
 """
 
 from __future__ import annotations
@@ -75,6 +75,9 @@ def main(argv=None) -> int:
         console.print(f"[red]error:[/red] {error}")
         return 2
     out = Path(args.out) if args.out else default_output(Path(args.pred))
+    if out.exists() and not args.force:
+        console.print(f"[red]error:[/red] {out} exists: pass --force to replace it, or choose another --out.")
+        return 2
     rows, failures = run(jobs, args.workers, args.keep_going, console)
     if failures and not args.keep_going:
         case, message = failures[0]
@@ -104,6 +107,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="ground truth: a folder of label maps, or a canonical dataset folder "
                              "(labels/ and dataset.json)")
     parser.add_argument("--out", help="CSV to write (default: beside the prediction folder, named after it)")
+    parser.add_argument("--force", action="store_true", help="replace the CSV if it exists")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="processes scoring cases in parallel (default: %(default)s)")
     parser.add_argument("--labels", choices=("canonical", "benchmark"), default="canonical",

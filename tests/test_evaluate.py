@@ -120,7 +120,7 @@ def test_canonical_folder_reproduces_reference(folders):
     assert run("--pred", folders / "pred", "--gt", folders / "gt", "--out", parallel, "--workers", 2) == 0
     assert parallel.read_text() == out.read_text()
     assert run("--pred", folders / "pred", "--gt", folders / "gt", "--structures", "infection", "left_lung",
-               "--out", out, "--workers", 1) == 0
+               "--out", out, "--workers", 1, "--force") == 0
     assert read_csv(out)[0] == ["Name", "L-lungDSC", "L-lung-1mm", "LesionDSC", "LesionNSD-3mm"]
 
 
@@ -136,7 +136,7 @@ def test_canonical_dataset_root_scores_annotated_structures(folders):
     assert run("--pred", folders / "pred", "--gt", root, "--out", out, "--workers", 1) == 0
     reference = reference_rows(folders / "pred", root / "labels", CANONICAL[2:])
     assert_matches(out, reference, list(SPACINGS), ["LesionDSC", "LesionNSD-3mm"])
-    assert run("--pred", folders / "pred", "--gt", root / "labels", "--out", out, "--workers", 1) == 0
+    assert run("--pred", folders / "pred", "--gt", root / "labels", "--out", out, "--workers", 1, "--force") == 0
     assert read_csv(out)[0] == ["Name", "LesionDSC", "LesionNSD-3mm"]
     assert run("--pred", folders / "pred", "--gt", root, "--structures", "left_lung", "--out", out) == 2
 
@@ -226,6 +226,16 @@ def test_usage_errors(folders, capsys):
                "--structures", "infection") == 2
     assert run("--pred", folders / "pred", "--gt", folders / "gt", "--cases", "case_z") == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_existing_csv_is_replaced_only_with_force(folders, capsys):
+    out = folders / "scores.csv"
+    out.write_text("earlier results\n")
+    assert run("--pred", folders / "pred", "--gt", folders / "gt", "--out", out) == 2
+    assert f"{out} exists: pass --force" in capsys.readouterr().err
+    assert out.read_text() == "earlier results\n"
+    assert run("--pred", folders / "pred", "--gt", folders / "gt", "--out", out, "--force") == 0
+    assert read_csv(out)[0][0] == "Name"
 
 
 def test_default_output_and_summary(folders, capsys):
