@@ -93,6 +93,7 @@ def write_report(out: Path, collection: Collection, summary: list[dict], per_fol
         if not out.exists():
             os.replace(partial, out)
             return
+        (out / REPORT_FILE).unlink(missing_ok=True)  # until the new one lands, the folder does not look complete
         for file in sorted(os.listdir(partial), key=lambda name: name == REPORT_FILE):
             os.replace(partial / file, out / file)
     finally:

@@ -100,6 +100,13 @@ def _clear(root: Path) -> None:
         (root / name).unlink(missing_ok=True)
 
 
+def _remove_partial_files(root: Path) -> None:
+    """Files a killed import was writing (`save_nifti` writes `.partial-*` names, renamed when whole)."""
+    for folder in ("images", "labels"):
+        for path in (root / folder).glob(".partial-*"):
+            path.unlink(missing_ok=True)
+
+
 def _record(root: Path, options: dict, case_id: str, entry: dict) -> None:
     """Append a finished case to the progress log (which starts with the options, once a case is finished)."""
     lines = [] if (root / PROGRESS).is_file() else [{"import_options": options}]
@@ -160,6 +167,7 @@ def run_plan(plan: DatasetPlan, dest: Path, force: bool = False, echo: Callable[
         raise DatasetError(f"{plan.name}: no cases found in --src. Check that it is the right download "
                            f"(python -m covlight.prepare {plan.options['importer']} --help shows the layout).")
     fingerprints = {case.case_id: case.fingerprint() for case in plan.cases}
+    _remove_partial_files(root)
     previous, entries = _previous(root)
     if force:
         _clear(root)
