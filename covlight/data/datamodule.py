@@ -24,13 +24,16 @@ from covlight.data.canonical import (
     open_nifti,
     read_canonical,
     read_dataset,
+    slice_spacing_note,
 )
 from covlight.data.patches import PatchStream
 from covlight.data.sampling import ForegroundSampler
 from covlight.data.splits import Split
 from covlight.data.transforms import (
+    SLICE_POLICIES,
     CheckCase,
     PadToAtLeast,
+    ResizeSlice,
     ScaleIntensity,
     ToClassIndices,
     augmentation_preset,
@@ -63,11 +66,18 @@ def target_spacing_of(spacings: Sequence[Sequence[float]], anisotropy_ratio: flo
     return tuple(float(t) for t in target)
 
 
-def image_preprocessing(target_spacing: Sequence[float] | None) -> list[tio.Transform]:
-    """The deterministic image steps of every stage; `covlight.predict` applies the same to new scans."""
-    steps: list[tio.Transform] = [CheckCase(), ScaleIntensity()]
+def image_preprocessing(target_spacing: Sequence[float] | None, slice_size: Sequence[int] | None = None,
+                        intensity_scaling: str = "range") -> list[tio.Transform]:
+    """The deterministic image steps of every stage; `covlight.predict` applies the same to new scans.
+
+    `target_spacing`: 3D models resample to it. `slice_size`: one-slice cases are resized to it (2D slice sets
+    under data.slice_policy=resize).
+    """
+    steps: list[tio.Transform] = [CheckCase(), ScaleIntensity(intensity_scaling)]
     if target_spacing is not None:
         steps.append(tio.Resample(tuple(target_spacing)))
+    if slice_size is not None:
+        steps.append(ResizeSlice(slice_size))
     return steps
 
 
@@ -158,6 +168,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         optional_test_sets: Sequence[str] = ("mosmed",),
         balanced_sampling: bool = False,
         test_in_domain: bool = True,
+        intensity_scaling: str = "range",
+        slice_policy: str = "pad",
+        slice_size: Sequence[int] | None = None,
         augmentation: dict | None = None,
         unlabelled: dict | None = None,
     ):
@@ -182,6 +195,12 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.optional_test_sets = tuple(optional_test_sets)
         self.balanced_sampling = balanced_sampling
         self.test_in_domain = test_in_domain
+        self.intensity_scaling = intensity_scaling
+        if slice_policy not in SLICE_POLICIES:
+            raise ValueError(f"data.slice_policy={slice_policy!r}: use one of {SLICE_POLICIES}")
+        self.slice_size = None  # one-slice cases are resized to it (slice_policy=resize)
+        if slice_policy == "resize":
+            self.slice_size = tuple(int(n) for n in (slice_size or self.patch_size[:2]))
         self.augmentation = dict(augmentation or {})
         self.unlabelled = dict(unlabelled) if unlabelled else None
         self.target_spacing: tuple[float, ...] | None = None
@@ -254,6 +273,10 @@ class SegmentationDataModule(pl.LightningDataModule):
             check_geometry(record)
         for record in self.records.get("unlabelled", []):
             check_geometry(record)
+        for name in sorted({r.dataset for r in self.records["test"] + self.records["val"]}):
+            note = slice_spacing_note(self._dataset(name).meta)
+            if note:
+                warnings.warn(note, stacklevel=2)
         if self.spatial_dims == 3:
             option = self.target_spacing_option
             if option in (None, "auto"):
@@ -264,12 +287,14 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def state_dict(self) -> dict:
         """Saved in every checkpoint, so `covlight.predict` resamples new scans to the spacing the model saw."""
-        return {"target_spacing": list(self.target_spacing) if self.target_spacing is not None else None}
+        return {"target_spacing": list(self.target_spacing) if self.target_spacing is not None else None,
+                "slice_size": list(self.slice_size) if self.slice_size is not None else None,
+                "intensity_scaling": self.intensity_scaling}
 
     # ------------------------------------------------------------------------------------- transforms
     def preprocessing(self, with_label: bool) -> tio.Compose:
         """Deterministic steps shared by training, validation and test (the test inverts the resampling)."""
-        steps = image_preprocessing(self.target_spacing)
+        steps = image_preprocessing(self.target_spacing, self.slice_size, self.intensity_scaling)
         if with_label:
             steps.append(ToClassIndices(self.label_values))
             steps.append(PadToAtLeast(self.patch_size))
