@@ -3,6 +3,7 @@ channels-last changes the memory layout and not the numbers."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -67,3 +68,17 @@ def test_compile_knob_compiles_the_network_in_place_keeping_checkpoint_keys():
     module.configure_model()  # Lightning may call it again (fit, then test): configured once
     assert module.net._compiled_call_impl is not None
     assert set(module.state_dict()) == keys
+
+
+def test_foreground_voxels_match_a_nonzero_per_class():
+    from covlight.data.sampling import foreground_voxels
+
+    torch.manual_seed(0)
+    label = torch.randint(0, 4, (1, 9, 7, 5), dtype=torch.uint8) * (torch.rand(1, 9, 7, 5) < 0.5)
+    label[label == 2] = 0  # a class absent from the case is not listed
+    expected = [torch.nonzero(label[0] == c) for c in torch.unique(label).tolist() if c != 0]
+    found = foreground_voxels(label[0])
+    assert len(found) == len(expected) == 2
+    for flat, voxels in zip(found, expected, strict=True):
+        assert np.array_equal(np.stack(np.unravel_index(flat.numpy(), label.shape[1:]), 1), voxels.numpy())
+    assert foreground_voxels(torch.zeros(3, 3, 3, dtype=torch.uint8)) == []

@@ -36,12 +36,25 @@ class ForegroundSampler(RandomSampler):
             start = None
             if torch.rand(()).item() < self.foreground_fraction:
                 if foreground is None:
-                    foreground = [torch.nonzero(label == c) for c in torch.unique(label).tolist() if c != 0]
+                    foreground = foreground_voxels(label)
                 if foreground:
                     voxels = foreground[int(torch.randint(len(foreground), ()))]
-                    centre = voxels[int(torch.randint(len(voxels), ()))].numpy()
+                    centre = np.array(np.unravel_index(int(voxels[int(torch.randint(len(voxels), ()))]), shape))
                     start = np.clip(centre - patch // 2, 0, highest_start)
             if start is None:
                 start = np.array([int(torch.randint(int(h) + 1, ())) for h in highest_start])
             yield self.extract_patch(subject, tuple(int(s) for s in start))
             produced += 1
+
+
+def foreground_voxels(label: torch.Tensor) -> list[torch.Tensor]:
+    """Flat (row-major) indices of the voxels of each foreground class present, classes in ascending order.
+
+    One pass over the volume and one over its foreground (not `unique` + a `nonzero` per class over the whole
+    volume, which took seconds per case at a CT's size); the same voxels in the same order as before.
+    """
+    flat = label.reshape(-1)
+    where = torch.nonzero(flat).squeeze(1)
+    values = flat[where].long()
+    present = torch.bincount(values).nonzero().squeeze(1).tolist() if len(values) else []
+    return [where[values == c] for c in present]
