@@ -61,6 +61,7 @@ class UsageError(Exception):
 class Model:
     module: SupervisedSegmentation
     target_spacing: tuple[float, ...] | None  # 3D models: the spacing they were trained at
+    histogram_landmarks: list[float] | None  # data.histogram_standardisation: the standard scale learnt in training
     device: torch.device
 
     @property
@@ -147,7 +148,8 @@ def load_model(args) -> Model:
         raise UsageError(f"cannot load {checkpoint_path} into the model of {config_path} "
                          f"({type(error).__name__}: {error})") from None
     data_class = str(config.get("data", {}).get("_target_", "")).rsplit(".", 1)[-1]
-    spacing = (checkpoint.get(data_class) or {}).get("target_spacing")
+    data_state = checkpoint.get(data_class) or {}
+    spacing = data_state.get("target_spacing")
     if module.net_spatial_dims == 3 and spacing is None:
         raise UsageError(f"{checkpoint_path} does not record the spacing its 3D model was trained at (checkpoints "
                          "of covlight's data module save it); use a checkpoint written by a current covlight run")
@@ -157,7 +159,8 @@ def load_model(args) -> Model:
     if args.mirror:
         module.inference["mirror_axes"] = mirror_axes(module)
     module.eval().to(device)
-    return Model(module, tuple(float(s) for s in spacing) if spacing is not None else None, device)
+    return Model(module, tuple(float(s) for s in spacing) if spacing is not None else None,
+                 data_state.get("histogram_landmarks"), device)
 
 
 def run_files(args) -> tuple[Path, Path]:
@@ -266,7 +269,7 @@ def predict_scan(scan: Scan, job: Job, model: Model, label_format: str) -> None:
         raise DatasetError(f"{scan.source.path}: a 2D slice, but this run's model is 3D; use a 2D model's run")
     subject = tio.Subject(image=tio.ScalarImage(tensor=torch.from_numpy(scan.image)[None], affine=scan.affine),
                           intensity=scan.intensity)
-    image = tio.Compose(image_preprocessing(model.target_spacing))(subject)["image"].data.float()
+    image = tio.Compose(image_preprocessing(model.target_spacing, model.histogram_landmarks))(subject)["image"].data.float()
     probabilities = module.predict_volume(image.to(model.device))
     if job.probabilities:
         probabilities = on_grid(probabilities, scan.image.shape)

@@ -16,6 +16,7 @@ import torch
 import torchio as tio
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from covlight.data.canonical import (
     CanonicalDataset,
@@ -25,6 +26,7 @@ from covlight.data.canonical import (
     read_canonical,
     read_dataset,
 )
+from covlight.data.histogram import HistogramStandardisation, learn_standard_landmarks
 from covlight.data.patches import PatchStream
 from covlight.data.sampling import ForegroundSampler
 from covlight.data.splits import Split
@@ -63,9 +65,13 @@ def target_spacing_of(spacings: Sequence[Sequence[float]], anisotropy_ratio: flo
     return tuple(float(t) for t in target)
 
 
-def image_preprocessing(target_spacing: Sequence[float] | None) -> list[tio.Transform]:
+def image_preprocessing(target_spacing: Sequence[float] | None,
+                        histogram_landmarks: Sequence[float] | None = None) -> list[tio.Transform]:
     """The deterministic image steps of every stage; `covlight.predict` applies the same to new scans."""
-    steps: list[tio.Transform] = [CheckCase(), ScaleIntensity()]
+    steps: list[tio.Transform] = [CheckCase()]
+    if histogram_landmarks is not None:
+        steps.append(HistogramStandardisation(histogram_landmarks))
+    steps.append(ScaleIntensity())
     if target_spacing is not None:
         steps.append(tio.Resample(tuple(target_spacing)))
     return steps
@@ -158,6 +164,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         optional_test_sets: Sequence[str] = ("mosmed",),
         balanced_sampling: bool = False,
         test_in_domain: bool = True,
+        histogram_standardisation: bool = False,
         augmentation: dict | None = None,
         unlabelled: dict | None = None,
     ):
@@ -182,6 +189,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.optional_test_sets = tuple(optional_test_sets)
         self.balanced_sampling = balanced_sampling
         self.test_in_domain = test_in_domain
+        self.histogram_standardisation = histogram_standardisation
+        self.histogram_landmarks: list[float] | None = None
         self.augmentation = dict(augmentation or {})
         self.unlabelled = dict(unlabelled) if unlabelled else None
         self.target_spacing: tuple[float, ...] | None = None
@@ -260,16 +269,21 @@ class SegmentationDataModule(pl.LightningDataModule):
                 self.target_spacing = target_spacing_of([r.spacing for r in self.records["train"]])
             else:
                 self.target_spacing = tuple(float(s) for s in option)
+        if self.histogram_standardisation:
+            self.histogram_landmarks = learn_standard_landmarks(
+                read_canonical(r.image_path)[0] for r in tqdm(self.records["train"], desc="histogram landmarks",
+                                                              unit="case", leave=False, disable=None))
         self.val_monitors_training_cases = not self.records["val"]
 
     def state_dict(self) -> dict:
         """Saved in every checkpoint, so `covlight.predict` resamples new scans to the spacing the model saw."""
-        return {"target_spacing": list(self.target_spacing) if self.target_spacing is not None else None}
+        return {"target_spacing": list(self.target_spacing) if self.target_spacing is not None else None,
+                "histogram_landmarks": self.histogram_landmarks}
 
     # ------------------------------------------------------------------------------------- transforms
     def preprocessing(self, with_label: bool) -> tio.Compose:
         """Deterministic steps shared by training, validation and test (the test inverts the resampling)."""
-        steps = image_preprocessing(self.target_spacing)
+        steps = image_preprocessing(self.target_spacing, self.histogram_landmarks)
         if with_label:
             steps.append(ToClassIndices(self.label_values))
             steps.append(PadToAtLeast(self.patch_size))
