@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 from pathlib import Path
 
 from hydra.core.object_type import ObjectType
@@ -205,7 +206,9 @@ SUBTASKS = ("lung", "infection", "lung_infection")
 def check_combination(cfg: DictConfig) -> None:
     """Fail at once, with the fix, on a (task, source, subtask, fold) the benchmark does not define."""
     task, source, subtask, fold = cfg.task.name, cfg.source.name, cfg.subtask.name, cfg.fold
-    if task in TASKS:
+    if "datasets" in cfg.task:
+        check_custom_task(cfg)
+    elif task in TASKS:
         if task == "task1" and source is not None:
             raise ConfigError(f"task1 trains on COVID cases only: drop source={source} (or use task=task3)")
         if task in ("task2", "task3") and source is None:
@@ -228,3 +231,20 @@ def check_combination(cfg: DictConfig) -> None:
         raise ConfigError(
             f"model.patch_size={patch}: give three sizes (x, y, z); a 2D model uses z = 1, a 3D model z > 1"
         )
+
+
+def check_custom_task(cfg: DictConfig) -> None:
+    """A custom task (conf/task/custom.yaml): its own name, no benchmark source, a fold in range."""
+    task, source, fold = cfg.task.name, cfg.source.name, cfg.fold
+    if str(task) in TASKS:
+        raise ConfigError(f"task.name={task} is a benchmark task's name; give your task its own name "
+                          "(task.name=<name>), so its runs are never taken for the benchmark's")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(task)):
+        raise ConfigError(f"task.name={task!r}: use letters, digits, '_', '.', '-' (it names the run folders)")
+    if source is not None:
+        raise ConfigError(f"task {task} trains on its own datasets (task.datasets): drop source={source}")
+    num_folds = int(cfg.task.num_folds)
+    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < num_folds:
+        last = num_folds - 1
+        raise ConfigError(f"task {task} has folds 0..{last}: set fold=<k> (got fold={fold}), or "
+                          f"-m fold=0,...,{last} for cross-validation")

@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from covlight.data.canonical import slice_spacing_note
 from covlight.metrics.structures import STRUCTURES, columns, ordered_structures, score_case
 
 SUFFIXES = (".nii.gz", ".nii")
@@ -78,6 +79,9 @@ def main(argv=None) -> int:
     if out.exists() and not args.force:
         console.print(f"[red]error:[/red] {out} exists: pass --force to replace it, or choose another --out.")
         return 2
+    note = ground_truth_spacing_note(Path(args.gt))
+    if note:
+        console.print(f"note: {note}")
     rows, failures = run(jobs, args.workers, args.keep_going, console)
     if failures and not args.keep_going:
         case, message = failures[0]
@@ -182,6 +186,16 @@ def ground_truth_folder(gt_dir: Path) -> tuple[Path, list[str] | None]:
                                  "import, or point --gt at the labels folder and pass --structures") from None
             return labels_dir, annotated
     return gt_dir, None
+
+
+def ground_truth_spacing_note(gt_dir: Path) -> str | None:
+    """A canonical slice set without a pixel spacing is scored with spacing 1: say so (see slice_spacing_note)."""
+    for root in (gt_dir, gt_dir.parent):
+        try:
+            return slice_spacing_note(json.loads((root / "dataset.json").read_text(encoding="utf-8")))
+        except (OSError, ValueError, AttributeError):
+            continue
+    return None
 
 
 def canonical_structures(requested, annotated, labels_dir: Path) -> list[str]:

@@ -6,7 +6,8 @@
 The model is built from the run's saved config (`config.yaml`; `model.module` is instantiated, so a run folder is
 trusted like code) and loads the checkpoint its test used (`checkpoints/last.ckpt`) with `weights_only=True`.
 Each input goes through the training preprocessing: RAS+ orientation, the stored 0..255 range by its intensity
-kind, scaling to [0, 1], and for 3D models resampling to the target spacing the checkpoint records; then the
+kind, scaled as the run scaled it (`data.intensity_scaling`), for 3D models resampled to the target spacing the
+checkpoint records, for 2D slices resized as in training (`data.slice_policy=resize`); then the
 Gaussian sliding window of the run's test (`--mirror` adds test-time mirroring), and the prediction goes back
 to the input's own grid: `<name>.nii.gz` for volumes (the input's affine and header), `<name>.png` for slices
 (the input picture's size). `--probabilities` also writes `probabilities/<name>_<structure>.nii.gz` (`.npy`
@@ -61,8 +62,10 @@ class UsageError(Exception):
 class Model:
     module: SupervisedSegmentation
     target_spacing: tuple[float, ...] | None  # 3D models: the spacing they were trained at
-    histogram_landmarks: list[float] | None  # data.histogram_standardisation: the standard scale learnt in training
     device: torch.device
+    slice_size: tuple[int, ...] | None = None  # 2D slices are resized to it (data.slice_policy=resize)
+    intensity_scaling: str = "range"  # data.intensity_scaling of the run
+    histogram_landmarks: list[float] | None = None  # data.histogram_standardisation: the scale learnt in training
 
     @property
     def structures(self) -> list[str]:
@@ -159,8 +162,10 @@ def load_model(args) -> Model:
     if args.mirror:
         module.inference["mirror_axes"] = mirror_axes(module)
     module.eval().to(device)
-    return Model(module, tuple(float(s) for s in spacing) if spacing is not None else None,
-                 data_state.get("histogram_landmarks"), device)
+    slice_size = data_state.get("slice_size")
+    return Model(module, tuple(float(s) for s in spacing) if spacing is not None else None, device,
+                 tuple(int(n) for n in slice_size) if slice_size else None,
+                 data_state.get("intensity_scaling", "range"), data_state.get("histogram_landmarks"))
 
 
 def run_files(args) -> tuple[Path, Path]:
@@ -228,6 +233,7 @@ def describe(args, model: Model, jobs: list[Job], console: Console) -> None:
     module = model.module
     console.print(f"model: {type(module).__name__}, {module.net_spatial_dims}D, structures {model.structures}"
                   + (f", resampled to {model.target_spacing} mm" if model.target_spacing else "")
+                  + (f", slices resized to {model.slice_size}" if model.slice_size else "")
                   + f", on {model.device}")
     kinds = sorted({job.source.kind for job in jobs})
     for kind in kinds:
@@ -269,7 +275,9 @@ def predict_scan(scan: Scan, job: Job, model: Model, label_format: str) -> None:
         raise DatasetError(f"{scan.source.path}: a 2D slice, but this run's model is 3D; use a 2D model's run")
     subject = tio.Subject(image=tio.ScalarImage(tensor=torch.from_numpy(scan.image)[None], affine=scan.affine),
                           intensity=scan.intensity)
-    image = tio.Compose(image_preprocessing(model.target_spacing, model.histogram_landmarks))(subject)["image"].data.float()
+    steps = image_preprocessing(model.target_spacing, model.slice_size, model.intensity_scaling,
+                                model.histogram_landmarks)
+    image = tio.Compose(steps)(subject)["image"].data.float()
     probabilities = module.predict_volume(image.to(model.device))
     if job.probabilities:
         probabilities = on_grid(probabilities, scan.image.shape)

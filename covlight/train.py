@@ -9,12 +9,14 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from covlight.callbacks.scoring import METRICS_FILE, CaseScoring
 from covlight.config import ConfigError, check_combination, read_status, write_status
+from covlight.data.canonical import DatasetError
 
 log = logging.getLogger("covlight")
 
@@ -60,6 +62,18 @@ def load_initial_weights(module: pl.LightningModule, source: str) -> None:
     state = checkpoint.get("state_dict", checkpoint)
     missing, unexpected = module.load_state_dict(state, strict=False)
     log.info("initialised from %s (%d missing, %d unexpected keys)", path, len(missing), len(unexpected))
+
+
+def instantiate_data(config: DictConfig):
+    """The data module; an error of the split it builds (a custom task's split file, folds, grouping rule) is
+    raised as itself, not inside Hydra's InstantiationException, so the user sees one clear message."""
+    try:
+        return instantiate(config)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, (DatasetError, ValueError)):
+            raise cause from None
+        raise
 
 
 def checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> str | None:
@@ -118,7 +132,7 @@ def _train_and_test(cfg: DictConfig, run_dir: Path) -> dict:
         with open_dict(cfg):
             cfg.logger.wandb.id = wandb_run_id(run_dir)
             cfg.logger.wandb.resume = "allow"
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate_data(cfg.data)
     module = instantiate(cfg.model.module)
     if cfg.init_from:
         load_initial_weights(module, cfg.init_from)

@@ -115,6 +115,15 @@ def write_dataset_json(root: Path, name: str, cases: dict, annotated: list[str],
     return path
 
 
+def slice_spacing_note(meta: dict) -> str | None:
+    """What to say when a slice set (dataset.json `meta`) gives no pixel spacing: it is scored with spacing 1."""
+    slices = meta.get("slices")
+    if not isinstance(slices, dict) or slices.get("spacing_given", True):
+        return None
+    return (f"{meta.get('name')}: 2D slices without a pixel spacing, scored with spacing 1 (NSD tolerances of 1 mm "
+            "and 3 mm count pixels); give --spacing at import when the spacing is known")
+
+
 def _damaged(path: Path, error: Exception) -> DatasetError:
     return DatasetError(
         f"{path} cannot be read ({type(error).__name__}: {error}): the file is damaged or incomplete. Delete it and "

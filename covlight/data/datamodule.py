@@ -25,14 +25,17 @@ from covlight.data.canonical import (
     open_nifti,
     read_canonical,
     read_dataset,
+    slice_spacing_note,
 )
 from covlight.data.histogram import HistogramStandardisation, learn_standard_landmarks
 from covlight.data.patches import PatchStream
 from covlight.data.sampling import ForegroundSampler
 from covlight.data.splits import Split
 from covlight.data.transforms import (
+    SLICE_POLICIES,
     CheckCase,
     PadToAtLeast,
+    ResizeSlice,
     ScaleIntensity,
     ToClassIndices,
     augmentation_preset,
@@ -65,15 +68,22 @@ def target_spacing_of(spacings: Sequence[Sequence[float]], anisotropy_ratio: flo
     return tuple(float(t) for t in target)
 
 
-def image_preprocessing(target_spacing: Sequence[float] | None,
+def image_preprocessing(target_spacing: Sequence[float] | None, slice_size: Sequence[int] | None = None,
+                        intensity_scaling: str = "range",
                         histogram_landmarks: Sequence[float] | None = None) -> list[tio.Transform]:
-    """The deterministic image steps of every stage; `covlight.predict` applies the same to new scans."""
+    """The deterministic image steps of every stage; `covlight.predict` applies the same to new scans.
+
+    `target_spacing`: 3D models resample to it. `slice_size`: one-slice cases are resized to it (2D slice sets
+    under data.slice_policy=resize). `histogram_landmarks`: the standard scale of data.histogram_standardisation.
+    """
     steps: list[tio.Transform] = [CheckCase()]
     if histogram_landmarks is not None:
         steps.append(HistogramStandardisation(histogram_landmarks))
-    steps.append(ScaleIntensity())
+    steps.append(ScaleIntensity(intensity_scaling))
     if target_spacing is not None:
         steps.append(tio.Resample(tuple(target_spacing)))
+    if slice_size is not None:
+        steps.append(ResizeSlice(slice_size))
     return steps
 
 
@@ -164,6 +174,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         optional_test_sets: Sequence[str] = ("mosmed",),
         balanced_sampling: bool = False,
         test_in_domain: bool = True,
+        intensity_scaling: str = "range",
+        slice_policy: str = "pad",
+        slice_size: Sequence[int] | None = None,
         histogram_standardisation: bool = False,
         augmentation: dict | None = None,
         unlabelled: dict | None = None,
@@ -189,6 +202,12 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.optional_test_sets = tuple(optional_test_sets)
         self.balanced_sampling = balanced_sampling
         self.test_in_domain = test_in_domain
+        self.intensity_scaling = intensity_scaling
+        if slice_policy not in SLICE_POLICIES:
+            raise ValueError(f"data.slice_policy={slice_policy!r}: use one of {SLICE_POLICIES}")
+        self.slice_size = None  # one-slice cases are resized to it (slice_policy=resize)
+        if slice_policy == "resize":
+            self.slice_size = tuple(int(n) for n in (slice_size or self.patch_size[:2]))
         self.histogram_standardisation = histogram_standardisation
         self.histogram_landmarks: list[float] | None = None
         self.augmentation = dict(augmentation or {})
@@ -263,6 +282,10 @@ class SegmentationDataModule(pl.LightningDataModule):
             check_geometry(record)
         for record in self.records.get("unlabelled", []):
             check_geometry(record)
+        for name in sorted({r.dataset for r in self.records["test"] + self.records["val"]}):
+            note = slice_spacing_note(self._dataset(name).meta)
+            if note:
+                warnings.warn(note, stacklevel=2)
         if self.spatial_dims == 3:
             option = self.target_spacing_option
             if option in (None, "auto"):
@@ -278,12 +301,15 @@ class SegmentationDataModule(pl.LightningDataModule):
     def state_dict(self) -> dict:
         """Saved in every checkpoint, so `covlight.predict` resamples new scans to the spacing the model saw."""
         return {"target_spacing": list(self.target_spacing) if self.target_spacing is not None else None,
+                "slice_size": list(self.slice_size) if self.slice_size is not None else None,
+                "intensity_scaling": self.intensity_scaling,
                 "histogram_landmarks": self.histogram_landmarks}
 
     # ------------------------------------------------------------------------------------- transforms
     def preprocessing(self, with_label: bool) -> tio.Compose:
         """Deterministic steps shared by training, validation and test (the test inverts the resampling)."""
-        steps = image_preprocessing(self.target_spacing, self.histogram_landmarks)
+        steps = image_preprocessing(self.target_spacing, self.slice_size, self.intensity_scaling,
+                                    self.histogram_landmarks)
         if with_label:
             steps.append(ToClassIndices(self.label_values))
             steps.append(PadToAtLeast(self.patch_size))

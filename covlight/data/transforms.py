@@ -14,8 +14,22 @@ from covlight.data.canonical import INTENSITY_KINDS, LABELS, DatasetError
 STORED_RANGE = {kind: (0.0, 255.0) for kind in INTENSITY_KINDS}
 
 
+INTENSITY_SCALINGS = ("range", "zscore")
+SLICE_POLICIES = ("pad", "resize")
+
+
 class ScaleIntensity(tio.Transform):
-    """Scale the stored image to [0, 1] by its case's intensity kind (from dataset.json, never guessed)."""
+    """Scale the stored image for the net, by its case's intensity kind (from dataset.json, never guessed).
+
+    "range": the kind's stored range (0..255) to [0, 1]. "zscore": zero mean, unit variance per image (for slice
+    sets whose pictures differ in brightness and contrast; the kind is still checked).
+    """
+
+    def __init__(self, scaling: str = "range", **kwargs):
+        super().__init__(**kwargs)
+        if scaling not in INTENSITY_SCALINGS:
+            raise ValueError(f"data.intensity_scaling={scaling!r}: use one of {INTENSITY_SCALINGS}")
+        self.scaling = scaling
 
     def apply_transform(self, subject: tio.Subject) -> tio.Subject:
         kind = subject["intensity"]
@@ -24,10 +38,29 @@ class ScaleIntensity(tio.Transform):
                 f"{subject['image'].path}: unknown intensity kind {kind!r} in dataset.json; expected one of "
                 f"{INTENSITY_KINDS}. Re-import the dataset."
             )
-        low, high = STORED_RANGE[kind]
         image = subject["image"]
-        image.set_data(((image.data.float() - low) / (high - low)).clamp_(0.0, 1.0))
+        data = image.data.float()
+        if self.scaling == "zscore":
+            image.set_data((data - data.mean()) / data.std().clamp_min(1e-6))
+        else:
+            low, high = STORED_RANGE[kind]
+            image.set_data(((data - low) / (high - low)).clamp_(0.0, 1.0))
         return subject
+
+
+class ResizeSlice(tio.Transform):
+    """Resize a one-slice case (a 2D picture) to `size` in-plane: image linear, label nearest. Volumes pass as
+    they are. The field of view is kept, so a prediction interpolated back to the original shape lands in place."""
+
+    def __init__(self, size: Sequence[int], **kwargs):
+        super().__init__(**kwargs)
+        self.size = (int(size[0]), int(size[1]), 1)
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        shape = tuple(subject.spatial_shape)
+        if shape[2] != 1 or shape == self.size:
+            return subject
+        return tio.Resize(self.size)(subject)
 
 
 class CheckCase(tio.Transform):

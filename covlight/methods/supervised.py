@@ -6,7 +6,7 @@ another loss term. The network is a plain `torch.nn.Module` from `covlight.nets`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -30,6 +30,10 @@ class SupervisedSegmentation(pl.LightningModule):
         loss: the loss on logits and class-index targets.
         label_values: canonical label value of each output class (index = class).
         inference: sliding-window settings (patch_size, overlap, mirror_axes, batch_size).
+        channels_last: keep the network's weights and inputs channels-last (NHWC / NDHWC), which tensor cores
+            prefer under mixed precision on a GPU.
+        compile: `torch.compile` the network in place (`nn.Module.compile`, so checkpoint keys do not change):
+            False, True, or a dict of `torch.compile` keyword arguments (e.g. {mode: max-autotune}).
     """
 
     def __init__(
@@ -40,6 +44,8 @@ class SupervisedSegmentation(pl.LightningModule):
         loss: nn.Module | None = None,
         label_values: Sequence[int] = (0, 1, 2),
         inference: dict | None = None,
+        channels_last: bool = False,
+        compile: bool | Mapping = False,
     ):
         super().__init__()
         self.net = net
@@ -53,6 +59,25 @@ class SupervisedSegmentation(pl.LightningModule):
         self.inference = inference
         self.register_buffer("class_to_label", torch.tensor(self.label_values, dtype=torch.uint8), persistent=False)
         self._val_counts: torch.Tensor | None = None
+        self.channels_last = bool(channels_last)
+        self.compile_options = dict(compile) if isinstance(compile, Mapping) else ({} if compile else None)
+        self._net_configured = False
+
+    def configure_model(self) -> None:
+        """Lightning calls this before fit, test and predict: memory format and compilation of the network."""
+        if self._net_configured:
+            return
+        self._net_configured = True
+        if self.channels_last:
+            self.net.to(memory_format=self.memory_format)
+        if self.compile_options is not None:
+            self.net.compile(**self.compile_options)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        if not self.channels_last:
+            return torch.contiguous_format
+        return torch.channels_last if self.net_spatial_dims == 2 else torch.channels_last_3d
 
     # ---------------------------------------------------------------------------------------- helpers
     def net_input(self, volume_patch: torch.Tensor) -> torch.Tensor:
@@ -63,7 +88,10 @@ class SupervisedSegmentation(pl.LightningModule):
         image, label = batch["image"], batch["label"]
         image = image["data"] if isinstance(image, dict) else image
         label = label["data"] if isinstance(label, dict) else label
-        return self.net_input(image.float()), self.net_input(label[:, 0].long()[:, None])[:, 0]
+        image = self.net_input(image.float())
+        if self.channels_last:
+            image = image.contiguous(memory_format=self.memory_format)
+        return image, self.net_input(label[:, 0].long()[:, None])[:, 0]
 
     def supervised_loss(self, outputs, target: torch.Tensor) -> torch.Tensor:
         if isinstance(outputs, (list, tuple)):
@@ -111,7 +139,7 @@ class SupervisedSegmentation(pl.LightningModule):
         """Class probabilities (K, X, Y, Z) of a preprocessed volume (C, X, Y, Z), on the image's device."""
 
         def network(patches: torch.Tensor) -> torch.Tensor:
-            return self.net(patches)
+            return self.net(patches.contiguous(memory_format=self.memory_format))
 
         return sliding_window_predict(
             network,
