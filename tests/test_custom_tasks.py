@@ -27,6 +27,8 @@ from covlight import evaluate, predict
 from covlight.config import ConfigError, check_combination
 from covlight.data.canonical import DatasetError, read_dataset
 from covlight.data.custom_split import custom_split, kfold, read_split_file
+from covlight.data.datamodule import SegmentationDataModule
+from covlight.data.splits import Split
 from covlight.data.transforms import ResizeSlice
 from covlight.prepare import main as prepare
 from covlight.train import run
@@ -330,3 +332,10 @@ def test_a_resized_slice_maps_back_onto_its_own_pixels():
     np.testing.assert_allclose(centre, np.argwhere(mask > 0.5).mean(0), atol=0.5)
     volume = tio.Subject(image=tio.ScalarImage(tensor=torch.zeros(1, 37, 53, 4)), intensity="8bit")
     assert ResizeSlice((48, 40))(volume).spatial_shape == (37, 53, 4), "volumes are never resized"
+    split = Split(train={}, val={}, test={})
+    with pytest.raises(ValueError, match="applies to data.slice_policy=resize only"):
+        SegmentationDataModule(root="data", split=split, label_values=[0, 3], patch_size=[32, 32, 1], batch_size=2,
+                               slice_size=[48, 40])
+    resized = SegmentationDataModule(root="data", split=split, label_values=[0, 3], patch_size=[32, 32, 1],
+                                     batch_size=2, slice_policy="resize")
+    assert resized.state_dict()["slice_size"] == [32, 32], "resize defaults to the patch's in-plane size"

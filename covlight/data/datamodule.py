@@ -205,6 +205,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.intensity_scaling = intensity_scaling
         if slice_policy not in SLICE_POLICIES:
             raise ValueError(f"data.slice_policy={slice_policy!r}: use one of {SLICE_POLICIES}")
+        if slice_size is not None and slice_policy != "resize":
+            raise ValueError(f"data.slice_size={list(slice_size)} applies to data.slice_policy=resize only "
+                             "(pad keeps each slice's own size): add data.slice_policy=resize, or drop slice_size")
         self.slice_size = None  # one-slice cases are resized to it (slice_policy=resize)
         if slice_policy == "resize":
             self.slice_size = tuple(int(n) for n in (slice_size or self.patch_size[:2]))
