@@ -33,7 +33,10 @@ from covlight.train import run
 
 SOURCE, POOL = "phantom_tumour", "phantom_covid_pool"
 MODELS = {"supervised": "unet2d", "mean_teacher": "mean_teacher", "entropy_min": "entropy_min", "ua_mt": "ua_mt",
-          "cps": "cps", "dann": "dann"}
+          "cps": "cps", "dann": "dann", "intensity_dg": "unet2d", "fewshot_strong_aug": "unet2d",
+          "ssl_finetune": "unet2d", "ssl_pretrain": "ssl_pretrain"}
+RECIPES = {"intensity_dg": "intensity_dg", "fewshot_strong_aug": "fewshot_strong_aug"}  # data-only methods
+ARMS = [m for m in MODELS if m != "ssl_pretrain"]  # ssl_pretrain is step 1 of ssl_finetune
 COLUMNS = ("LesionDSC", "LesionNSD-3mm")
 
 
@@ -50,9 +53,11 @@ def write_data(root: Path, source_cases: int, pool_cases: int) -> None:
         write_dataset_json(root / POOL, POOL, entries, [])
 
 
-def run_config(method: str, seed: int, root: Path, output_dir: Path, args) -> dict:
+def run_config(method: str, seed: int, root: Path, output_dir: Path, args, init_from: Path | None = None) -> dict:
     fold = official_split("task1", "infection", 0)
-    overrides = [
+    overrides = [f"experiment={RECIPES[method]}"] if method in RECIPES else []
+    overrides += [f"init_from={init_from}"] if init_from else []
+    overrides += [
         "task=task1", "fold=0", "subtask=infection", f"model={MODELS[method]}", f"seed={seed}", "logger=none",
         "print_config=false", f"paths.data_dir={root}", f"paths.output_dir={output_dir}",
         "model.patch_size=[64,64,1]", "model.batch_size=8", "model.module.net.features_per_stage=[16,32,64,128]",
@@ -61,7 +66,7 @@ def run_config(method: str, seed: int, root: Path, output_dir: Path, args) -> di
         "callbacks.case_scoring.save_predictions=false", "callbacks.progress_bar.refresh_rate=0",
         f"optimizer={args.optimizer}", f"model.module.optimizer.lr={args.lr}",
     ]
-    if method != "supervised":
+    if MODELS[method] != "unet2d":
         overrides += ["model/base=unet2d", f"data.unlabelled.datasets=[{POOL}]"]
     if method == "ua_mt":
         overrides += ["model.module.mc_samples=4"]
@@ -83,10 +88,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/methods_phantom_study.json"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/covlight_methods_study"),
                         help="phantom data and run folders")
-    parser.add_argument("--methods", nargs="+", default=["supervised", "mean_teacher", "entropy_min"],
-                        choices=list(MODELS))
+    parser.add_argument("--methods", nargs="+", default=ARMS, choices=ARMS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batches", type=int, default=25, help="batches per epoch")
     parser.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -109,9 +113,12 @@ def main() -> None:
                 runs.append(earlier[-1])
                 continue
             output_dir = args.work / "runs" / method / f"seed{seed}_{time.strftime('%Y%m%d-%H%M%S')}"
-            cfg = run_config(method, seed, root, output_dir, args)
             start = time.perf_counter()
-            summary = run(cfg)["test"][COVID]
+            pretrained = None
+            if method == "ssl_finetune":  # step 1: self-supervised pre-training on the unlabelled pool, same budget
+                pretrained = output_dir.with_name(output_dir.name + "_pretrain")
+                run(run_config("ssl_pretrain", seed, root, pretrained, args))
+            summary = run(run_config(method, seed, root, output_dir, args, init_from=pretrained))["test"][COVID]
             seconds = time.perf_counter() - start
             scores = {column: summary[column]["mean"] for column in COLUMNS}
             runs.append({"method": method, "seed": seed, "settings": settings, "seconds": round(seconds, 1), **scores})
@@ -129,7 +136,9 @@ def main() -> None:
         "setting": "task-3-like on phantoms: labelled = tumour phantoms (source) + task 1 fold 0's 4 COVID phantoms; "
                    "unlabelled = COVID phantoms with other ids; test = fold 0's 16 other COVID phantoms; infection; "
                    f"2D U-Net [16,32,64,128], patches 64x64, batch 8, {args.optimizer} lr {args.lr} with poly decay, "
-                   f"{args.epochs} x {args.batches} steps; each method with its model config's defaults",
+                   f"{args.epochs} x {args.batches} steps; each method with its model config's defaults (recipes: their "
+                   "augmentation); ssl_finetune = ssl_pretrain on the unlabelled pool for the same steps, then "
+                   "supervised from its weights (its seconds include both)",
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "results": results,
         "runs": runs,

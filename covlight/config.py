@@ -108,6 +108,12 @@ def identity_parts(task, source, subtask, name, fold, seed) -> list[str]:
     return [task_part, str(subtask), str(name), run_part]
 
 
+def task_id(name, variant) -> str:
+    """The task part of a run's identity: a split variant other than the official one is part of it, so runs on
+    other splits never share a folder, a W&B group or a report row with the official ones."""
+    return str(name) if _null(variant) or str(variant) == "official" else f"{name}_{variant}"
+
+
 def group_name(task, source, subtask, name) -> str:
     return "-".join(identity_parts(task, source, subtask, name, None, 0)[:3])
 
@@ -176,6 +182,7 @@ def _register_resolvers() -> None:
         "covlight.run_dir": run_dir,
         "covlight.run_subdir": run_subdir,
         "covlight.group": group_name,
+        "covlight.task_id": task_id,
         "covlight.job_name": job_name,
         "covlight.wandb_offline": lambda: os.environ.get("WANDB_MODE", "offline") != "online",
         "covlight.job_type": lambda test_only: "test" if test_only else "train",

@@ -65,6 +65,7 @@ class Model:
     device: torch.device
     slice_size: tuple[int, ...] | None = None  # 2D slices are resized to it (data.slice_policy=resize)
     intensity_scaling: str = "range"  # data.intensity_scaling of the run
+    histogram_landmarks: list[float] | None = None  # data.histogram_standardisation: the scale learnt in training
 
     @property
     def structures(self) -> list[str]:
@@ -164,7 +165,7 @@ def load_model(args) -> Model:
     slice_size = data_state.get("slice_size")
     return Model(module, tuple(float(s) for s in spacing) if spacing is not None else None, device,
                  tuple(int(n) for n in slice_size) if slice_size else None,
-                 data_state.get("intensity_scaling", "range"))
+                 data_state.get("intensity_scaling", "range"), data_state.get("histogram_landmarks"))
 
 
 def run_files(args) -> tuple[Path, Path]:
@@ -274,7 +275,8 @@ def predict_scan(scan: Scan, job: Job, model: Model, label_format: str) -> None:
         raise DatasetError(f"{scan.source.path}: a 2D slice, but this run's model is 3D; use a 2D model's run")
     subject = tio.Subject(image=tio.ScalarImage(tensor=torch.from_numpy(scan.image)[None], affine=scan.affine),
                           intensity=scan.intensity)
-    steps = image_preprocessing(model.target_spacing, model.slice_size, model.intensity_scaling)
+    steps = image_preprocessing(model.target_spacing, model.slice_size, model.intensity_scaling,
+                                model.histogram_landmarks)
     image = tio.Compose(steps)(subject)["image"].data.float()
     probabilities = module.predict_volume(image.to(model.device))
     if job.probabilities:

@@ -112,7 +112,8 @@ def _start_run_folder(cfg: DictConfig, run_dir: Path) -> None:
     config = {k: v for k, v in resolved_container(cfg).items() if k != "hydra"}
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config), encoding="utf-8")
     identity = {k: config.get(k) for k in ("name", "fold", "seed")}
-    identity.update(task=cfg.task.name, source=cfg.source.name, subtask=cfg.subtask.name, model=cfg.model.name)
+    identity.update(task=cfg.task.name, variant=cfg.task.get("variant"), source=cfg.source.name,
+                    subtask=cfg.subtask.name, model=cfg.model.name)
     write_status(run_dir, "running", identity=identity)
 
 

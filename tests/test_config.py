@@ -100,6 +100,16 @@ def test_run_folder_follows_identity(tmp_path):
     assert run_dir.startswith(str(tmp_path / "task3-structseg" / "infection" / "unet3d" / "fold4-seed2"))
 
 
+def test_split_variant_is_part_of_the_identity(tmp_path):
+    """Runs on another split of the same task never share a folder, a W&B group or a report row with official ones."""
+    cfg = compose_config(["task=task1", "task.variant=train80", "model=unet2d", f"paths.output_root={tmp_path}"],
+                         return_hydra_config=True)
+    assert cfg.hydra.run.dir.startswith(str(tmp_path / "task1_train80" / "lung" / "unet2d" / "fold0-seed0"))
+    assert cfg.logger.wandb.group == "task1_train80-lung-unet2d"
+    official = compose_config(["task=task1", "model=unet2d", f"paths.output_root={tmp_path}"])
+    assert official.logger.wandb.group == "task1-lung-unet2d"
+
+
 @pytest.mark.parametrize(("choice", "kind"), [("sgd", "SGD"), ("adamw", "AdamW")])
 def test_optimizer_group(choice, kind, tmp_path):
     cfg = compose_config(["model=unet2d", f"optimizer={choice}", f"paths.output_dir={tmp_path}"])

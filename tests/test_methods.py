@@ -5,11 +5,14 @@ non-COVID source), and the pre-training -> fine-tuning chain."""
 from __future__ import annotations
 
 import copy
+import csv
 import math
 import os
+import re
 import subprocess
 import sys
 from functools import partial
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -378,3 +381,43 @@ def test_a_3d_method_from_the_command_line(data_root, tmp_path):
     (run_dir,) = (tmp_path / "task1" / "lung" / "mean_teacher_3d" / "fold0-seed0").iterdir()
     assert read_status(run_dir)["state"] == "finished"
     assert (run_dir / "metrics.csv").read_text().count("\n") == 1 + 16
+
+
+# ------------------------------------------------------------------------ the README's worked example
+README = REPO / "README.md"
+
+
+def example_files() -> dict[str, str]:
+    """The README's fenced blocks of the "Add a method" section whose first line names a file under mine/."""
+    section = README.read_text(encoding="utf-8").split("## Add a method", 1)[1].split("\n## ", 1)[0]
+    files = {}
+    for block in re.findall(r"```(?:python|yaml)\n(.*?)```", section, flags=re.S):
+        first, _, body = block.partition("\n")
+        name = first.lstrip("# ").strip()
+        if name.startswith("mine/"):
+            files[name] = body
+    return files
+
+
+@pytest.mark.slow
+def test_readme_method_example_trains_and_logs_its_losses(data_root, tmp_path):
+    files = example_files()
+    assert set(files) == {"mine/pseudo_label.py", "mine/model/pseudo_label.yaml"}
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    mine = tmp_path / "mine"
+    overrides = ["model=pseudo_label", "subtask=infection", *TINY[2], *FAST, "logger=csv",
+                 f"paths.data_dir={data_root}", f"data.unlabelled.datasets=[{POOL}]",
+                 "model.module.threshold=0.5", f"paths.output_root={tmp_path / 'outputs'}"]
+    env = {**os.environ, "PYTHONPATH": str(mine)}
+    done = subprocess.run([sys.executable, "-m", "covlight", "--config-dir", str(mine), *overrides], cwd=REPO, env=env,
+                          capture_output=True, encoding="utf-8", errors="replace", timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir,) = (tmp_path / "outputs" / "task1" / "infection" / "pseudo_label_2d" / "fold0-seed0").iterdir()
+    assert (run_dir / "metrics.csv").is_file()
+    (logged,) = run_dir.glob("csv/**/metrics.csv")
+    with open(logged, encoding="utf-8") as handle:
+        columns = next(csv.reader(handle))
+    assert {"train/supervised_loss_step", "train/unsupervised_loss_step"} <= set(columns), columns
+    assert Path(run_dir / "config.yaml").read_text(encoding="utf-8").count("pseudo_label.PseudoLabel") == 1

@@ -1,9 +1,10 @@
-"""Interrupted work and determinism: a training killed with SIGKILL resumes (resume=auto) to the same per-case
-metrics as an uninterrupted run; the same seed gives the same metrics; checkpoints load with weights_only."""
+"""Interrupted work and determinism: a training killed with SIGKILL resumes (resume=auto, or ckpt_path= its last
+checkpoint) to the same per-case metrics as an uninterrupted run; the same seed gives the same metrics; checkpoints load with weights_only."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,6 +56,8 @@ def test_same_seed_same_metrics_and_killed_run_resumes_to_them(env, tmp_path):
     run_dir = single_run(tmp_path / "k")
     assert read_status(run_dir)["state"] == "running", "the run finished before it could be killed"
     assert not (run_dir / "metrics.csv").exists()
+    checkpoint = tmp_path / "killed-last.ckpt"
+    shutil.copyfile(run_dir / "checkpoints" / "last.ckpt", checkpoint)
 
     resumed = subprocess.run(command(tmp_path / "k", "logger=wandb", "resume=auto"), cwd=REPO, env=env,
                              capture_output=True, encoding="utf-8", errors="replace", timeout=600)
@@ -65,6 +68,11 @@ def test_same_seed_same_metrics_and_killed_run_resumes_to_them(env, tmp_path):
     wandb_id = read_status(run_dir)["wandb_id"]
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 2 and all(path.name.endswith(wandb_id) for path in offline_runs)
+
+    explicit = subprocess.run(command(tmp_path / "e", "logger=none", f"ckpt_path={checkpoint}"), cwd=REPO, env=env,
+                              capture_output=True, encoding="utf-8", errors="replace", timeout=600)
+    assert explicit.returncode == 0, explicit.stderr[-3000:]
+    assert (single_run(tmp_path / "e") / "metrics.csv").read_text() == reference
 
     again = subprocess.run(command(tmp_path / "k", "logger=none", "resume=auto"), cwd=REPO, env=env,
                            capture_output=True, encoding="utf-8", errors="replace", timeout=600)

@@ -16,6 +16,7 @@ import torch
 import torchio as tio
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from covlight.data.canonical import (
     CanonicalDataset,
@@ -26,6 +27,7 @@ from covlight.data.canonical import (
     read_dataset,
     slice_spacing_note,
 )
+from covlight.data.histogram import HistogramStandardisation, learn_standard_landmarks
 from covlight.data.patches import PatchStream
 from covlight.data.sampling import ForegroundSampler
 from covlight.data.splits import Split
@@ -67,13 +69,17 @@ def target_spacing_of(spacings: Sequence[Sequence[float]], anisotropy_ratio: flo
 
 
 def image_preprocessing(target_spacing: Sequence[float] | None, slice_size: Sequence[int] | None = None,
-                        intensity_scaling: str = "range") -> list[tio.Transform]:
+                        intensity_scaling: str = "range",
+                        histogram_landmarks: Sequence[float] | None = None) -> list[tio.Transform]:
     """The deterministic image steps of every stage; `covlight.predict` applies the same to new scans.
 
     `target_spacing`: 3D models resample to it. `slice_size`: one-slice cases are resized to it (2D slice sets
-    under data.slice_policy=resize).
+    under data.slice_policy=resize). `histogram_landmarks`: the standard scale of data.histogram_standardisation.
     """
-    steps: list[tio.Transform] = [CheckCase(), ScaleIntensity(intensity_scaling)]
+    steps: list[tio.Transform] = [CheckCase()]
+    if histogram_landmarks is not None:
+        steps.append(HistogramStandardisation(histogram_landmarks))
+    steps.append(ScaleIntensity(intensity_scaling))
     if target_spacing is not None:
         steps.append(tio.Resample(tuple(target_spacing)))
     if slice_size is not None:
@@ -171,6 +177,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         intensity_scaling: str = "range",
         slice_policy: str = "pad",
         slice_size: Sequence[int] | None = None,
+        histogram_standardisation: bool = False,
         augmentation: dict | None = None,
         unlabelled: dict | None = None,
     ):
@@ -204,6 +211,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.slice_size = None  # one-slice cases are resized to it (slice_policy=resize)
         if slice_policy == "resize":
             self.slice_size = tuple(int(n) for n in (slice_size or self.patch_size[:2]))
+        self.histogram_standardisation = histogram_standardisation
+        self.histogram_landmarks: list[float] | None = None
         self.augmentation = dict(augmentation or {})
         self.unlabelled = dict(unlabelled) if unlabelled else None
         self.target_spacing: tuple[float, ...] | None = None
@@ -286,18 +295,24 @@ class SegmentationDataModule(pl.LightningDataModule):
                 self.target_spacing = target_spacing_of([r.spacing for r in self.records["train"]])
             else:
                 self.target_spacing = tuple(float(s) for s in option)
+        if self.histogram_standardisation:
+            self.histogram_landmarks = learn_standard_landmarks(
+                read_canonical(r.image_path)[0] for r in tqdm(self.records["train"], desc="histogram landmarks",
+                                                              unit="case", leave=False, disable=None))
         self.val_monitors_training_cases = not self.records["val"]
 
     def state_dict(self) -> dict:
         """Saved in every checkpoint, so `covlight.predict` resamples new scans to the spacing the model saw."""
         return {"target_spacing": list(self.target_spacing) if self.target_spacing is not None else None,
                 "slice_size": list(self.slice_size) if self.slice_size is not None else None,
-                "intensity_scaling": self.intensity_scaling}
+                "intensity_scaling": self.intensity_scaling,
+                "histogram_landmarks": self.histogram_landmarks}
 
     # ------------------------------------------------------------------------------------- transforms
     def preprocessing(self, with_label: bool) -> tio.Compose:
         """Deterministic steps shared by training, validation and test (the test inverts the resampling)."""
-        steps = image_preprocessing(self.target_spacing, self.slice_size, self.intensity_scaling)
+        steps = image_preprocessing(self.target_spacing, self.slice_size, self.intensity_scaling,
+                                    self.histogram_landmarks)
         if with_label:
             steps.append(ToClassIndices(self.label_values))
             steps.append(PadToAtLeast(self.patch_size))
