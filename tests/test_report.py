@@ -202,6 +202,19 @@ def test_newest_finished_run_of_an_identity_wins(tmp_path):
     assert reasons == [(old, f"superseded by the newer finished run {new}")]
 
 
+def test_custom_task_is_reported_without_published_rows(tmp_path):
+    rows = [(f"slice_{i:02d}", "my_slices", [0.9, 0.8, 0.9, 0.8, 0.5, 0.4]) for i in range(3)]
+    run = make_run(tmp_path, "unet2d", 0, rows=rows)
+    status = json.loads((run / "status.json").read_text(encoding="utf-8"))
+    status["identity"]["task"] = "my_slices"
+    (run / "status.json").write_text(json.dumps(status), encoding="utf-8")
+    assert main([str(tmp_path), "--out", str(tmp_path / "report")]) == 0
+    report = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    section = report.split("### my_slices", 1)[1].split("###", 1)[0]
+    assert "my_slices (cross-validation held-out)" in section and "| unet2d |" in section
+    assert "nnU-Net" not in section and "in-domain" not in section
+
+
 def test_mapping_onto_published_rows():
     """Every setting/test-set string of the mapping names published rows; spot checks for tasks 2 and 3."""
     for (task, _, _, split), (summary_setting, fold_setting, training_source) in PUBLISHED_SETTINGS.items():

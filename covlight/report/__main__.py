@@ -116,7 +116,7 @@ def summary_table(summary: list[dict]) -> Table:
         cases = max(row["n"] + row["nan"] for row in cells.values())
         texts = ["/".join(_mean(cells.get((structure, metric))) for metric in ("dsc", "nsd"))
                  if (structure, "dsc") in cells else "" for structure in STRUCTURES]
-        table.add_row(f"{setting_label(setting)}\n{dataset_label(dataset)}", name, str(cases), *texts)
+        table.add_row(f"{setting_label(setting)}\n{dataset_label(dataset, setting[0])}", name, str(cases), *texts)
     return table
 
 

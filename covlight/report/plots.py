@@ -54,7 +54,7 @@ def draw_boxplots(runs: list[Run], metric: str, path: Path) -> None:
                 if mean is not None:
                     ax.axhline(mean, color="black", linestyle=style, linewidth=1.2,
                                label=f"nnU-Net {dims} (published mean)")
-            title = f"{setting_label(setting)} — {dataset_label(dataset)}\n{STRUCTURE_LABELS[structure]}"
+            title = f"{setting_label(setting)} — {dataset_label(dataset, setting[0])}\n{STRUCTURE_LABELS[structure]}"
             ax.set_title(title, fontsize=9)
             ax.set_ylabel(f"{METRICS[metric]} (%)")
         for column in range(len(structures), columns):

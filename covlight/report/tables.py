@@ -205,7 +205,12 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
             writer.writerow({column: "" if row.get(column) is None else row[column] for column in columns})
 
 
-def dataset_label(dataset: str) -> str:
+BENCHMARK_TASKS = ("task1", "task2", "task3")
+
+
+def dataset_label(dataset: str, task: str) -> str:
+    if task not in BENCHMARK_TASKS:  # a custom task: its folds' held-out cases
+        return f"{dataset} (cross-validation held-out)"
     return DATASET_LABELS.get(dataset, f"{dataset} (in-domain held-out)")
 
 
@@ -221,7 +226,7 @@ def markdown_tables(rows: list[dict], per_fold: bool) -> str:
         cells = [(s, m) for s in structures for m in METRICS]
         header = ["fold", "method", "seeds"] if per_fold else ["method", "folds", "runs"]
         header += ["cases", *(f"{STRUCTURE_LABELS[s]} {METRICS[m]}" for s, m in cells)]
-        lines = [f"### {setting_label(tuple(setting))} — {dataset_label(dataset)}", "",
+        lines = [f"### {setting_label(tuple(setting))} — {dataset_label(dataset, setting[0])}", "",
                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for fold in sorted({row["fold"] for row in section}, key=lambda fold: -1 if fold is None else fold):
             at_fold = [row for row in section if row["fold"] == fold]
@@ -246,6 +251,8 @@ def _fold_lines(rows: list[dict], cells: list[tuple], digits: int, per_fold: boo
         folds = any_row["folds"].replace(";", ", ") or "–"
         meta = [any_row["seeds"]] if per_fold else [folds, str(any_row["runs"])]
         lines.append(_line([*lead, name, *meta, str(cases)], [_ours(row_of.get(c), digits) for c in cells]))
+    if rows[0]["task"] not in BENCHMARK_TASKS:
+        return lines  # a custom task: nothing was published for it
     for dims in BASELINES if not per_fold else ("3D",):
         key = dims.lower()
         published_cells = [first.get(c, {}).get(f"published_{key}_mean") for c in cells]
