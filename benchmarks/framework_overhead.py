@@ -159,7 +159,7 @@ def worker(contender: str, folder: Path, batches_path: str, warmup: int) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", help="also write the JSON here")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=60, help="steps per run, warm-up included")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--worker", choices=("covlight", "plain"), help=argparse.SUPPRESS)
