@@ -259,7 +259,7 @@ def test_cli_trained_run_predicts_as_its_own_test(model, phantom_root, tmp_path)
              *FAST, "logger=none", f"paths.output_root={tmp_path / 'outputs'}"]
     result = subprocess.run(train, cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    (run_dir,) = (tmp_path / "outputs" / "task1" / "lung" / f"unet{model}" / "fold0-seed0").iterdir()
+    (run_dir,) = (tmp_path / "outputs" / "task1_train80" / "lung" / f"unet{model}" / "fold0-seed0").iterdir()
     out = tmp_path / "pred"
     command = [sys.executable, "-m", "covlight.predict", "--run", str(run_dir),
                "--input", str(phantom_root / "covid19_ct_seg"), "--output", str(out)]
