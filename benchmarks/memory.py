@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
+from common import emit, log, machine_info, status_mb
 
 SPACING = (0.7, 0.7, 1.0)
 NOISE = 3.0  # standard deviation in 0..255 units (about 18 HU)
@@ -81,14 +78,6 @@ def synthetic_ct(shape, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return image, label
 
 
-def status_mib(field: str) -> float:
-    """A memory figure of this process from /proc/self/status (VmRSS: now, VmHWM: peak), in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def worker(name: str, shape, overlap: float) -> dict:
     """One contender in this process: build, predict, argmax, score; the peak RSS at the end of each phase."""
     import torch
@@ -101,30 +90,30 @@ def worker(name: str, shape, overlap: float) -> dict:
     setting = CONTENDERS[name]
     net = UNet(in_channels=1, num_classes=4, **setting["net"]).eval()
     class_to_label = torch.tensor([0, 1, 2, 3], dtype=torch.uint8)
-    phases, peaks = {}, {"start": status_mib("VmHWM")}
-    rss_start = status_mib("VmRSS")
+    phases, peaks = {}, {"start": status_mb("VmHWM")}
+    rss_start = status_mb("VmRSS")
 
     start = time.perf_counter()
     ct, truth = synthetic_ct(shape)
     image = torch.from_numpy(ct)[None]
     image /= 255.0  # ScaleIntensity, in place
-    phases["build_s"], peaks["build"] = time.perf_counter() - start, status_mib("VmHWM")
+    phases["build_s"], peaks["build"] = time.perf_counter() - start, status_mb("VmHWM")
 
     start = time.perf_counter()
     patch_size = [min(p, n) for p, n in zip(setting["patch_size"], shape, strict=True)]  # smaller --shape
     probabilities = sliding_window_predict(net, image, patch_size=patch_size, overlap=overlap,
                                            mirror_axes=(), batch_size=setting["batch_size"],
                                            net_spatial_dims=setting["net_spatial_dims"])
-    phases["predict_s"], peaks["predict"] = time.perf_counter() - start, status_mib("VmHWM")
+    phases["predict_s"], peaks["predict"] = time.perf_counter() - start, status_mb("VmHWM")
 
     start = time.perf_counter()
     prediction = class_to_label[probabilities.argmax(0)]  # as SupervisedSegmentation.labels_on_grid
     del probabilities
-    phases["argmax_s"], peaks["argmax"] = time.perf_counter() - start, status_mib("VmHWM")
+    phases["argmax_s"], peaks["argmax"] = time.perf_counter() - start, status_mb("VmHWM")
 
     start = time.perf_counter()
     scores = score_case(prediction, torch.from_numpy(truth), SPACING)
-    phases["score_s"], peaks["score"] = time.perf_counter() - start, status_mib("VmHWM")
+    phases["score_s"], peaks["score"] = time.perf_counter() - start, status_mb("VmHWM")
 
     windows = int(np.prod([len(s) for s in sliding_window_steps(shape, patch_size, overlap)]))
     return {"setting": {**setting, "patch_size": patch_size, "overlap": overlap, "mirroring": False, "windows": windows,
@@ -150,19 +139,6 @@ def run_worker(name: str, shape, overlap: float, log) -> dict:
     return result
 
 
-def machine_info() -> dict:
-    import torch
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    memory_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                     if line.startswith("MemTotal"))
-    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "platform": platform.platform(),
-            "cpu": cpu, "cpu_count": os.cpu_count(), "memory_gib": round(memory_kb / 2**20, 1),
-            "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
-            "load_average_at_start": os.getloadavg()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", help="also write the JSON here")
@@ -175,21 +151,13 @@ def main() -> None:
         print(json.dumps(worker(args.worker, shape, args.overlap)))
         return
 
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
     report = {"machine": machine_info(), "method": __doc__.split("\n\n", 1)[1].strip(),
               "shape": list(shape), "spacing_mm": list(SPACING), "image_mib": float(np.prod(shape)) * 4 / 2**20}
     report["contenders"] = {name: run_worker(name, shape, args.overlap, log) for name in CONTENDERS}
-    report["machine"]["load_average_at_end"] = os.getloadavg()
     peaks = {name: run.get("peak_rss_gib") for name, run in report["contenders"].items()}
     report["bar"] = {"peak_rss_below_gib": BAR_GIB, "peak_rss_gib": peaks,
                      "met": all(peak is not None and peak < BAR_GIB for peak in peaks.values())}
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from common import emit, log, machine_info, status_mb
 from scipy import ndimage
 
 SIZES = {"256": ((256, 256, 128), (0.8, 0.8, 2.5)), "512": ((512, 512, 300), (0.7, 0.7, 1.0))}
@@ -178,14 +176,6 @@ def worker(args) -> None:
                       "peak_above_start_mb": peak_mb - start_mb}))
 
 
-def status_mb(field: str) -> float:
-    """A memory figure of this process from /proc/self/status (VmRSS: now, VmHWM: peak), in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def run_worker(name: str, gt: Path, pred: Path, spacing, tolerances, device: str | None = None) -> dict:
     command = [sys.executable, __file__, "--worker", name, "--gt", str(gt), "--pred", str(pred),
                "--spacing", ",".join(map(str, spacing)), "--tolerances", ",".join(map(str, tolerances))]
@@ -201,26 +191,6 @@ def run_worker(name: str, gt: Path, pred: Path, spacing, tolerances, device: str
 
 
 # ------------------------------------------------------------------------------------------- the report
-def machine_info() -> dict:
-    import monai
-    import scipy
-    import torch
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    memory_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                     if line.startswith("MemTotal"))
-    info = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
-        "memory_gb": round(memory_kb / 2**20, 1), "python": platform.python_version(),
-        "numpy": np.__version__, "scipy": scipy.__version__, "torch": torch.__version__, "monai": monai.__version__,
-        "load_average_at_start": os.getloadavg(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-    return info
-
-
 def benchmark_case(case: str, size: str, folder: Path, gpu: bool, log) -> dict:
     shape, spacing = SIZES[size]
     gt, pred = lung_case(shape) if case == "lung" else infection_case(shape, spacing)
@@ -316,24 +286,19 @@ def main() -> None:
         worker(args)
         return
 
+    import monai
+    import scipy
     import torch
 
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
-    report = {"machine": machine_info(), "method": __doc__.split("\n\n", 1)[1].strip(), "cases": []}
+    report = {"machine": machine_info(scipy=scipy.__version__, monai=monai.__version__),
+              "method": __doc__.split("\n\n", 1)[1].strip(), "cases": []}
     gpu = torch.cuda.is_available()
     with tempfile.TemporaryDirectory(prefix="covlight-bench-") as folder:
         for size in ("256",) if args.quick else ("256", "512"):
             for case in ("lung", "infection"):
                 report["cases"].append(benchmark_case(case, size, Path(folder), gpu, log))
-    report["machine"]["load_average_at_end"] = os.getloadavg()
     report["bars"] = bars(report["cases"])
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":
