@@ -30,10 +30,15 @@ def run(*argv: str | Path) -> subprocess.CompletedProcess:
                           encoding="utf-8", errors="replace", timeout=600)
 
 
+def start(argv: list) -> subprocess.Popen:
+    """`python -m argv...` in a process group of its own, so SIGKILL reaches its workers too."""
+    return subprocess.Popen([sys.executable, "-m", *map(str, argv)], cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def kill_when(argv: list, ready: Callable[[], bool], timeout: float = 300) -> None:
     """Start `python -m argv...`, SIGKILL its process group as soon as `ready()`; fail if it ended first."""
-    process = subprocess.Popen([sys.executable, "-m", *map(str, argv)], cwd=REPO, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = start(argv)
     deadline = time.monotonic() + timeout
     while not ready():
         assert process.poll() is None, "the command ended before it could be killed"
@@ -45,8 +50,7 @@ def kill_when(argv: list, ready: Callable[[], bool], timeout: float = 300) -> No
 
 def kill_after(argv: list, seconds: float) -> bool:
     """Start `python -m argv...` and SIGKILL it after `seconds`; whether it was still running then."""
-    process = subprocess.Popen([sys.executable, "-m", *map(str, argv)], cwd=REPO, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = start(argv)
     try:
         process.wait(timeout=seconds)
         return False
