@@ -12,12 +12,11 @@ from hydra.core.override_parser.types import OverrideType
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from covlight.config import ConfigError, conf_dir
-from covlight.data.canonical import DatasetError
+from covlight.config import conf_dir
+from covlight.errors import ConfigError, CovlightError, report_error
 from covlight.sweep import record_job_error
 
 log = logging.getLogger("covlight")
-USER_ERRORS = (DatasetError, ValueError, FileExistsError)
 
 
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
@@ -31,12 +30,11 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
         check_objective_name(cfg)
         result = run(cfg)
         return objective(cfg, result)
-    except USER_ERRORS as caught:
+    except CovlightError as caught:
         error = unwrapped(caught)
         log.error("%s", error)
-        print(f"\ncovlight: error: {error}", file=sys.stderr)
         if not in_sweep:
-            sys.exit(1)
+            sys.exit(report_error("covlight", error))
         record_job_error(error)
     except Exception as error:
         if not in_sweep:
@@ -89,7 +87,7 @@ def check_objective_name(cfg: DictConfig) -> None:
     """Refuse, before any training, to optimise anything but a validation metric."""
     name = cfg.get("optimized_metric")
     if name and not str(name).startswith("val"):
-        raise ValueError(f"optimized_metric={name}: only validation metrics (val...) may be optimised")
+        raise ConfigError(f"optimized_metric={name}: only validation metrics (val...) may be optimised")
 
 
 def objective(cfg: DictConfig, result: dict) -> float | None:
@@ -98,7 +96,7 @@ def objective(cfg: DictConfig, result: dict) -> float | None:
     if not name:
         return None
     if name not in result["validation"]:
-        raise ValueError(f"optimized_metric={name} was not logged; logged: {sorted(result['validation'])}")
+        raise ConfigError(f"optimized_metric={name} was not logged; logged: {sorted(result['validation'])}")
     return result["validation"][name]
 
 

@@ -17,12 +17,10 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSource
 from omegaconf import DictConfig, OmegaConf
 
+from covlight.errors import ConfigError
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 STATUS_FILE = "status.json"
-
-
-class ConfigError(ValueError):
-    """An invalid combination or value in the composed config; the message says how to fix it."""
 
 
 def _shipped_dir(name: str) -> Path:

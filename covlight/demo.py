@@ -19,21 +19,25 @@ from rich.table import Table
 from covlight.baseline import threshold_baseline
 from covlight.config import identity_parts, read_status
 from covlight.data.canonical import read_dataset
-from covlight.data.phantoms import write_phantom_dataset
 from covlight.data.splits import COVID, official_split
+from covlight.data.synthetic import write_phantom_dataset
+from covlight.errors import WORK_FAILED, CovlightError, report_error
 from covlight.metrics import STRUCTURES, score_case
 from covlight.report.__main__ import main as report_main
 
 BARS = {"L-lungDSC": 0.90, "R-lungDSC": 0.90, "LesionDSC": 0.50}
 STRUCTURE_NAMES = ["left_lung", "right_lung", "infection"]
+PROG = "covlight.demo"
 
 
-def newest_finished_run(output_root: Path) -> Path:
-    parent = output_root.joinpath(*identity_parts("task1", None, "lung_infection", "demo", 0, 0))
+def demo_runs(output_root: Path) -> Path:
+    """The folder holding the demo recipe's runs."""
+    return output_root.joinpath(*identity_parts("task1", None, "lung_infection", "demo", 0, 0))
+
+
+def newest_finished_run(parent: Path) -> Path | None:
     finished = [d for d in sorted(parent.glob("*")) if read_status(d).get("state") == "finished"]
-    if not finished:
-        raise SystemExit(f"no finished demo run under {parent}")
-    return finished[-1]
+    return finished[-1] if finished else None
 
 
 def model_rows(run_dir: Path) -> list[dict]:
@@ -87,19 +91,27 @@ def main(argv: list[str] | None = None) -> int:
     dataset_root = Path(args.data) / COVID
     if not (dataset_root / "dataset.json").is_file():
         console.print(f"[bold]generating 20 phantom CT cases in {dataset_root}[/bold]")
-        write_phantom_dataset(dataset_root, cases=20, seed=0)
+        try:
+            write_phantom_dataset(dataset_root, cases=20, seed=0)
+        except CovlightError as error:
+            return report_error(PROG, error)
     command = [sys.executable, "-m", "covlight", "experiment=demo", f"paths.data_dir={args.data}",
                f"paths.output_root={args.outputs}", *args.overrides]
     console.print(f"[bold]training and testing:[/bold] {' '.join(command[1:])}")
-    subprocess.run(command, check=True)
-    run_dir = newest_finished_run(Path(args.outputs))
+    run = subprocess.run(command)
+    if run.returncode != 0:
+        return run.returncode  # the run printed why: 2 for a user's mistake, 1 when the work failed
+    runs = demo_runs(Path(args.outputs))
+    run_dir = newest_finished_run(runs)
+    if run_dir is None:
+        return report_error(PROG, f"no finished demo run under {runs}", WORK_FAILED)
     test_cases = official_split("task1", "lung_infection", 0).test[COVID]
     table, passed = comparison_table(model_rows(run_dir), baseline_rows(dataset_root, test_cases))
     console.print(table)
     report_main([str(run_dir), "--out", str(run_dir / "report")])
     console.print(f"run folder: {run_dir}   report: {run_dir / 'report' / 'report.md'}")
     console.print(f"total time: {time.perf_counter() - start:.0f} s   {'all bars met' if passed else 'BARS NOT MET'}")
-    return 0 if passed else 1
+    return 0 if passed else WORK_FAILED
 
 
 if __name__ == "__main__":

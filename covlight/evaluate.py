@@ -37,6 +37,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from covlight.data.canonical import slice_spacing_note
+from covlight.errors import WORK_FAILED, CovlightError, report_error
 from covlight.metrics.structures import STRUCTURES, columns, ordered_structures, score_case
 
 SUFFIXES = (".nii.gz", ".nii")
@@ -44,10 +45,7 @@ AFFINE_TOLERANCE_MM = 1e-3
 # The benchmark script's structures per maximum label of the first ground truth (infection-only files use 1).
 BENCHMARK_STRUCTURES = {1: (("infection",), {"infection": 1}), 2: (("left_lung", "right_lung"), {})}
 BENCHMARK_DEFAULT = (tuple(STRUCTURES), {})
-
-
-class UsageError(Exception):
-    """The arguments cannot work (a missing folder, no cases, unknown structures)."""
+PROG = "covlight.evaluate"
 
 
 class CaseError(Exception):
@@ -70,24 +68,21 @@ class Job:
 def main(argv=None) -> int:
     args = parse_args(argv)
     console = Console(stderr=True, soft_wrap=True)
+    out = Path(args.out) if args.out else default_output(Path(args.pred))
     try:
         jobs, structures = plan(args)
-    except UsageError as error:
-        console.print(f"[red]error:[/red] {error}")
-        return 2
-    out = Path(args.out) if args.out else default_output(Path(args.pred))
-    if out.exists() and not args.force:
-        console.print(f"[red]error:[/red] {out} exists: pass --force to replace it, or choose another --out.")
-        return 2
+        if out.exists() and not args.force:
+            raise CovlightError(f"{out} exists: pass --force to replace it, or choose another --out.")
+    except CovlightError as error:
+        return report_error(PROG, error)
     note = ground_truth_spacing_note(Path(args.gt))
     if note:
         console.print(f"note: {note}")
     rows, failures = run(jobs, args.workers, args.keep_going, console)
     if failures and not args.keep_going:
         case, message = failures[0]
-        console.print(f"[red]error:[/red] {case}: {message}\nNothing was written (--keep-going scores the other "
-                      "cases).")
-        return 1
+        return report_error(PROG, f"{case}: {message} Nothing was written (--keep-going scores the other cases).",
+                            WORK_FAILED)
     header = ["Name", *columns(structures)]
     if rows:
         write_csv(out, header, rows)
@@ -97,7 +92,7 @@ def main(argv=None) -> int:
         console.print(f"[red]{len(failures)} case(s) failed and are not in the CSV:[/red]")
         for case, message in failures:
             console.print(f"  {case}: {message}")
-        return 1
+        return WORK_FAILED
     return 0
 
 
@@ -132,30 +127,30 @@ def plan(args) -> tuple[list[Job], tuple[str, ...]]:
     """The cases to score and the structures, checked before any scoring starts."""
     pred_dir, gt_dir = Path(args.pred), Path(args.gt)
     if not pred_dir.is_dir():
-        raise UsageError(f"prediction folder {pred_dir} does not exist")
+        raise CovlightError(f"prediction folder {pred_dir} does not exist")
     labels_dir, annotated = ground_truth_folder(gt_dir)
     gt_files, pred_files = label_files(labels_dir), label_files(pred_dir)
     if not gt_files:
-        raise UsageError(f"no ground truth label maps (.nii.gz, .nii) in {labels_dir}")
+        raise CovlightError(f"no ground truth label maps (.nii.gz, .nii) in {labels_dir}")
     cases = sorted(set(gt_files) | set(pred_files))
     if args.cases:
         unknown = [case for case in args.cases if case not in gt_files and case not in pred_files]
         if unknown:
-            raise UsageError(f"--cases names {unknown}, found in neither {labels_dir} nor {pred_dir}")
+            raise CovlightError(f"--cases names {unknown}, found in neither {labels_dir} nor {pred_dir}")
         cases = sorted(set(args.cases))
 
     if args.labels == "benchmark":
         if args.structures:
-            raise UsageError("--structures applies to canonical labels; with --labels benchmark the structures "
-                             "come from the first ground truth, as in the benchmark's script")
+            raise CovlightError("--structures applies to canonical labels; with --labels benchmark the structures "
+                                "come from the first ground truth, as in the benchmark's script")
         cases.sort(key=lambda case: gt_files[case].name if case in gt_files else case)
         first = next((gt_files[case] for case in cases if case in gt_files), None)
         if first is None:
-            raise UsageError(f"none of the cases to score has a ground truth in {labels_dir}")
+            raise CovlightError(f"none of the cases to score has a ground truth in {labels_dir}")
         try:
             maximum = float(np.max(read_labels(first)[0]))
         except CaseError as error:
-            raise UsageError(f"the first ground truth decides the structures, but: {error}") from None
+            raise CovlightError(f"the first ground truth decides the structures, but: {error}") from None
         structures, labels = BENCHMARK_STRUCTURES.get(int(maximum) if maximum.is_integer() else -1,
                                                       BENCHMARK_DEFAULT)
     else:
@@ -176,14 +171,14 @@ def ground_truth_folder(gt_dir: Path) -> tuple[Path, list[str] | None]:
     Accepts a canonical dataset folder (`labels/` + `dataset.json`), its `labels/` folder, or a plain folder.
     """
     if not gt_dir.is_dir():
-        raise UsageError(f"ground truth folder {gt_dir} does not exist")
+        raise CovlightError(f"ground truth folder {gt_dir} does not exist")
     for root, labels_dir in ((gt_dir, gt_dir / "labels"), (gt_dir.parent, gt_dir)):
         if (root / "dataset.json").is_file() and labels_dir.is_dir() and labels_dir.name == "labels":
             try:
                 annotated = json.loads((root / "dataset.json").read_text(encoding="utf-8")).get("annotated")
             except (OSError, json.JSONDecodeError) as error:
-                raise UsageError(f"cannot read {root / 'dataset.json'} ({error}); repair it or re-run the "
-                                 "import, or point --gt at the labels folder and pass --structures") from None
+                raise CovlightError(f"cannot read {root / 'dataset.json'} ({error}); repair it or re-run the "
+                                    "import, or point --gt at the labels folder and pass --structures") from None
             return labels_dir, annotated
     return gt_dir, None
 
@@ -204,14 +199,14 @@ def canonical_structures(requested, annotated, labels_dir: Path) -> list[str]:
     try:
         annotated = ordered_structures(annotated)
     except ValueError as error:
-        raise UsageError(f"dataset.json beside {labels_dir}: {error}") from None
+        raise CovlightError(f"dataset.json beside {labels_dir}: {error}") from None
     if not annotated:
-        raise UsageError(f"dataset.json beside {labels_dir} annotates no structure: nothing to score")
+        raise CovlightError(f"dataset.json beside {labels_dir} annotates no structure: nothing to score")
     if requested:
         missing = [name for name in requested if name not in annotated]
         if missing:
-            raise UsageError(f"--structures {missing} not annotated in this dataset (dataset.json: {annotated}); "
-                             "scoring them would compare against an empty truth")
+            raise CovlightError(f"--structures {missing} not annotated in this dataset (dataset.json: {annotated}); "
+                                "scoring them would compare against an empty truth")
         return ordered_structures(requested)
     return annotated
 

@@ -14,8 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from covlight.data.canonical import DatasetError
-from covlight.data.phantoms import (
+from covlight.data.synthetic import (
     KINDS,
     LAYOUTS,
     SIZES,
@@ -24,6 +23,7 @@ from covlight.data.phantoms import (
     save_montage,
     write_phantom_dataset,
 )
+from covlight.errors import CovlightError, report_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,9 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             title = (f"{case}: synthetic chest CT ({args.kind}, seed {args.seed}), {spacing} mm, "
                      f"radiological view (patient's right on the left)")
             print(f"montage of {case} in {save_montage(phantom, args.montage, title)}")
-    except (DatasetError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except CovlightError as error:
+        return report_error("covlight.phantoms", error)
     return 0
 
 

@@ -36,9 +36,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from covlight.config import read_status
-from covlight.data.canonical import INTENSITY_KINDS, LABELS, DatasetError
+from covlight.data.canonical import INTENSITY_KINDS, LABELS
 from covlight.data.datamodule import image_preprocessing
-from covlight.inference.io import (
+from covlight.errors import WORK_FAILED, CovlightError, DatasetError, report_error
+from covlight.methods.supervised import SupervisedSegmentation
+from covlight.scans import (
     Scan,
     Source,
     find_sources,
@@ -47,15 +49,10 @@ from covlight.inference.io import (
     read_scan,
     write_output,
 )
-from covlight.methods.supervised import SupervisedSegmentation
 
 DEFAULT_INTENSITY = {"volume": "hu", "dicom": "hu", "slice": "8bit"}
 STRUCTURE_OF_VALUE = {value: name for name, value in LABELS.items()}
 LUNG_VALUES = {LABELS["left_lung"], LABELS["right_lung"]}
-
-
-class UsageError(Exception):
-    """The arguments cannot work (no finished run, output inside the input, outputs that exist...)."""
 
 
 @dataclass
@@ -86,9 +83,8 @@ def main(argv=None) -> int:
     try:
         model = load_model(args)
         jobs = plan(args, model)
-    except UsageError as error:
-        console.print(f"[red]error:[/red] {error}")
-        return 2
+    except CovlightError as error:
+        return report_error("covlight.predict", error)
     describe(args, model, jobs, console)
     done, failures = predict_all(jobs, model, args, console)
     console.print(f"wrote {done} prediction(s) to {args.output}")
@@ -98,7 +94,7 @@ def main(argv=None) -> int:
             console.print(f"  {message}")
         if not args.keep_going:
             console.print("Stopped at the first failure (--keep-going predicts the other inputs).")
-        return 1
+        return WORK_FAILED
     return 0
 
 
@@ -141,24 +137,24 @@ def load_model(args) -> Model:
         config = OmegaConf.load(config_path)
         module = instantiate(config.model.module)
     except Exception as error:  # YAML, missing keys, a target that cannot be built
-        raise UsageError(f"cannot build the model from {config_path} ({type(error).__name__}: {error})") from None
+        raise CovlightError(f"cannot build the model from {config_path} ({type(error).__name__}: {error})") from None
     if not isinstance(module, SupervisedSegmentation):
-        raise UsageError(f"{config_path}: model.module is a {type(module).__name__}, not a SupervisedSegmentation")
+        raise CovlightError(f"{config_path}: model.module is a {type(module).__name__}, not a SupervisedSegmentation")
     try:
         checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         module.load_state_dict(checkpoint.get("state_dict", checkpoint))
     except Exception as error:  # a damaged file, unsafe content, weights of another model
-        raise UsageError(f"cannot load {checkpoint_path} into the model of {config_path} "
-                         f"({type(error).__name__}: {error})") from None
+        raise CovlightError(f"cannot load {checkpoint_path} into the model of {config_path} "
+                            f"({type(error).__name__}: {error})") from None
     data_class = str(config.get("data", {}).get("_target_", "")).rsplit(".", 1)[-1]
     data_state = checkpoint.get(data_class) or {}
     spacing = data_state.get("target_spacing")
     if module.net_spatial_dims == 3 and spacing is None:
-        raise UsageError(f"{checkpoint_path} does not record the spacing its 3D model was trained at (checkpoints "
-                         "of covlight's data module save it); use a checkpoint written by a current covlight run")
+        raise CovlightError(f"{checkpoint_path} does not record the spacing its 3D model was trained at (checkpoints "
+                            "of covlight's data module save it); use a checkpoint written by a current covlight run")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda, but torch sees no CUDA device")
+        raise CovlightError("--device cuda, but torch sees no CUDA device")
     if args.mirror:
         module.inference["mirror_axes"] = mirror_axes(module)
     module.eval().to(device)
@@ -173,15 +169,15 @@ def run_files(args) -> tuple[Path, Path]:
     if args.run:
         state = read_status(args.run).get("state")
         if state != "finished":
-            raise UsageError(f"{args.run} is not a finished run (status: {state or 'no status.json'}); its "
-                             f"checkpoint may be partial. To use it anyway: --ckpt {args.run / 'checkpoints'}"
-                             "/last.ckpt")
+            raise CovlightError(f"{args.run} is not a finished run (status: {state or 'no status.json'}); its "
+                                f"checkpoint may be partial. To use it anyway: --ckpt {args.run / 'checkpoints'}"
+                                "/last.ckpt")
         config, checkpoint = args.run / "config.yaml", args.run / "checkpoints" / "last.ckpt"
     else:
         config, checkpoint = args.config or args.ckpt.parent.parent / "config.yaml", args.ckpt
     for path, what in ((checkpoint, "checkpoint"), (config, "run config (give --config)")):
         if not path.is_file():
-            raise UsageError(f"{path}: no such {what}")
+            raise CovlightError(f"{path}: no such {what}")
     return config, checkpoint
 
 
@@ -196,21 +192,18 @@ def mirror_axes(module: SupervisedSegmentation) -> tuple[int, ...]:
 def plan(args, model: Model) -> list[Job]:
     """One job per input, checked before anything runs: never into the input folder, never over a file."""
     if not args.input.exists():
-        raise UsageError(f"--input {args.input} does not exist")
+        raise CovlightError(f"--input {args.input} does not exist")
     inputs = args.input.resolve()
     output = args.output.resolve()
     if (output == inputs or inputs in output.parents) if inputs.is_dir() else output == inputs.parent:
-        raise UsageError(f"--output {args.output} is inside the input folder; predictions never go there. "
-                         "Choose another folder.")
-    try:
-        sources = find_sources(args.input)
-    except DatasetError as error:
-        raise UsageError(str(error)) from None
+        raise CovlightError(f"--output {args.output} is inside the input folder; predictions never go there. "
+                            "Choose another folder.")
+    sources = find_sources(args.input)
     if not sources:
-        raise UsageError(f"no inputs in {args.input}")
+        raise CovlightError(f"no inputs in {args.input}")
     if args.intensity and any(s.kind == "stored" for s in sources):
-        raise UsageError(f"{args.input} is a canonical dataset folder: its images are stored 0..255 already "
-                         "(their kind is in dataset.json); drop --intensity")
+        raise CovlightError(f"{args.input} is a canonical dataset folder: its images are stored 0..255 already "
+                            "(their kind is in dataset.json); drop --intensity")
     jobs = []
     for source in sources:
         probabilities = {s: args.output / "probabilities" / f"{source.name}_{s}{probability_suffix(source)}"
@@ -219,12 +212,12 @@ def plan(args, model: Model) -> list[Job]:
     targets = [path for job in jobs for path in (job.labels, *job.probabilities.values())]
     clashes = sorted({str(path) for path in targets if targets.count(path) > 1})
     if clashes:
-        raise UsageError(f"several inputs would write {clashes[0]} (inputs differing only in their suffix); "
-                         "predict them into separate folders")
+        raise CovlightError(f"several inputs would write {clashes[0]} (inputs differing only in their suffix); "
+                            "predict them into separate folders")
     existing = [str(path) for path in targets if path.exists()]
     if existing and not args.overwrite:
-        raise UsageError(f"{len(existing)} output file(s) exist, e.g. {existing[0]}; choose a new --output or "
-                         "pass --overwrite")
+        raise CovlightError(f"{len(existing)} output file(s) exist, e.g. {existing[0]}; choose a new --output or "
+                            "pass --overwrite")
     return jobs
 
 

@@ -21,10 +21,10 @@ import os
 import sys
 from pathlib import Path
 
-from covlight.data.canonical import DatasetError
 from covlight.data.importers import IMPORTERS
 from covlight.data.importers.archives import Staging
 from covlight.data.importers.runner import run_plan
+from covlight.errors import CovlightError, report_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,15 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     args.src = args.src.expanduser()
     args.dest = args.dest.expanduser()
     if not args.src.exists():
-        print(f"error: --src {args.src} does not exist", file=sys.stderr)
-        return 2
+        return report_error("covlight.prepare", f"--src {args.src} does not exist")
     try:
         with Staging(args.dest) as staging:
             for plan in IMPORTERS[args.dataset].plans(args, staging):
                 run_plan(plan, args.dest, force=args.force)
-    except DatasetError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except CovlightError as error:
+        return report_error("covlight.prepare", error)
     return 0
 
 

@@ -15,8 +15,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from covlight.callbacks.scoring import METRICS_FILE, CaseScoring
-from covlight.config import ConfigError, check_combination, read_status, write_status
-from covlight.data.canonical import DatasetError
+from covlight.config import check_combination, read_status, write_status
+from covlight.errors import ConfigError, CovlightError
 
 log = logging.getLogger("covlight")
 
@@ -71,7 +71,7 @@ def instantiate_data(config: DictConfig):
         return instantiate(config)
     except InstantiationException as error:
         cause = error.__cause__
-        if isinstance(cause, (DatasetError, ValueError)):
+        if isinstance(cause, CovlightError):
             raise cause from None
         raise
 

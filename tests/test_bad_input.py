@@ -7,6 +7,7 @@ and a missing data root (test_train_e2e.py), a config override naming a missing 
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import shutil
@@ -22,10 +23,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from covlight.__main__ import unwrapped
 from covlight.callbacks.scoring import load_truth
-from covlight.data.canonical import DatasetError
 from covlight.data.datamodule import SegmentationDataModule
 from covlight.data.splits import COVID, Split, official_split
-from tests.conftest import REPO
+from covlight.errors import DatasetError
+from tests.helpers.runs import REPO
 
 CASE = "coronacases_002"
 OTHER = "coronacases_001"
@@ -195,7 +196,7 @@ def test_error_from_a_loader_worker_is_unwrapped():
     assert unwrapped(plain) is plain
 
 
-# ---- through the command line: one line on stderr, exit status 1, no traceback --------------------------------
+# ---- through the command line: one line on stderr, exit status 2, no traceback --------------------------------
 
 TINY_2D = [
     "model=unet2d", "model.patch_size=[32,32,1]", "model.batch_size=4",
@@ -212,7 +213,7 @@ def covlight_cli(root: Path, output_root: Path, *overrides: str) -> subprocess.C
 
 
 def error_line(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and "DataLoader worker" not in result.stderr, result.stderr[-3000:]
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("covlight: error:")]
     return line
@@ -233,3 +234,50 @@ def test_damaged_training_case_read_in_a_loader_worker(root, tmp_path):
     line = error_line(result)
     assert "damaged or incomplete" in line and str(root / COVID / "images") in line
     assert not list((tmp_path / "out").rglob("metrics.csv"))
+
+
+# ---- every command-line tool: a user's mistake is one line and exit status 2; a bug is not a user's mistake ------
+
+def one_error_line(err: str, prog: str) -> str:
+    assert "Traceback" not in err, err
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"{prog}: error: "), line
+    return line
+
+
+def test_a_mistake_in_the_run_config_exits_2_with_one_line(tmp_path):
+    result = covlight_cli(tmp_path, tmp_path / "out", "source=structseg")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "drop source=structseg" in one_error_line(result.stderr, "covlight")
+
+
+@pytest.mark.parametrize("tool, argv, phrase", [
+    ("prepare", ["covid19_ct_seg", "--src", "{tmp}/nowhere"], "does not exist"),
+    ("evaluate", ["--pred", "{tmp}/nowhere", "--gt", "{tmp}"], "does not exist"),
+    ("report", ["{tmp}/nowhere", "--out", "{tmp}/report"], "no such folder"),
+    ("predict", ["--run", "{tmp}", "--input", "{tmp}", "--output", "{tmp}/out"], "not a finished run"),
+    ("phantoms", ["--out", "{tmp}/data", "--cases", "21"], "--cases must be 1..20"),
+    ("demo", ["--data", "{tmp}", "--outputs", "{tmp}/outputs"], "is not empty"),
+])
+def test_each_tool_exits_2_with_one_line_for_a_mistake(tool, argv, phrase, tmp_path, capsys):
+    (tmp_path / COVID).mkdir()
+    (tmp_path / COVID / "notes.txt").write_text("not a phantom dataset")  # the demo's data folder, taken
+    main = importlib.import_module(f"covlight.{tool}{'.__main__' if tool == 'report' else ''}").main
+    assert main([arg.format(tmp=tmp_path) for arg in argv]) == 2
+    assert phrase in one_error_line(capsys.readouterr().err, f"covlight.{tool}")
+
+
+def test_a_bug_is_not_reported_as_a_users_mistake(tmp_path):
+    """A ValueError from a bug keeps its traceback and exit status 1, in the run and in a tool."""
+    boom = "def boom(*args, **kwargs):\n    raise ValueError('a bug')\n"
+    run = (f"import covlight.train\n{boom}covlight.train.run = boom\n"
+           "from covlight.__main__ import main\nmain()\n")
+    result = subprocess.run([sys.executable, "-c", run, "logger=none", f"paths.output_root={tmp_path}"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "a bug" in result.stderr, result.stderr[-3000:]
+    assert "covlight: error:" not in result.stderr
+    prepare = (f"import covlight.prepare\n{boom}covlight.prepare.Staging = boom\n"
+               f"covlight.prepare.main(['covid19_ct_seg', '--src', '{tmp_path}', '--dest', '{tmp_path}/data'])\n")
+    result = subprocess.run([sys.executable, "-c", prepare], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" in result.stderr and "ValueError: a bug" in result.stderr
+    assert "error:" not in result.stderr.replace("ValueError: a bug", "")

@@ -8,10 +8,11 @@ import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
 
-from covlight.config import ConfigError, check_combination, group_name, identity_parts, job_name
+from covlight.config import check_combination, group_name, identity_parts, job_name
 from covlight.data.datamodule import SegmentationDataModule
+from covlight.errors import ConfigError
 from covlight.methods.supervised import SupervisedSegmentation
-from tests.conftest import compose_config
+from tests.helpers.runs import compose_config
 
 MODELS = ("unet2d", "unet3d")
 

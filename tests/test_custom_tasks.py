@@ -24,17 +24,17 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from covlight import evaluate, predict
-from covlight.config import ConfigError, check_combination
-from covlight.data.canonical import DatasetError, read_dataset
+from covlight.config import check_combination
+from covlight.data.canonical import read_dataset
 from covlight.data.custom_split import custom_split, kfold, read_split_file
 from covlight.data.datamodule import SegmentationDataModule
 from covlight.data.splits import Split
 from covlight.data.transforms import ResizeSlice
+from covlight.errors import ConfigError, DatasetError
 from covlight.prepare import main as prepare
 from covlight.train import run
-from tests.conftest import REPO, compose_config
-from tests.test_predict import picture_of
-from tests.test_train_e2e import FAST, TINY_2D
+from tests.helpers.pictures import picture_of
+from tests.helpers.runs import FAST, REPO, TINY_2D, compose_config
 
 PATIENTS = 6
 # in-plane crops (x, y) of the 64x64 phantom slices: odd sizes, several smaller than the 32x32 patch
@@ -181,13 +181,13 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path):
     ("options", "error", "message"),
     [
         ({"split_file": "unknown.json", "num_folds": 2}, DatasetError, r"unknown.json names case\(s\) \['nobody'\]"),
-        ({"split_file": "two.json", "num_folds": 2}, ValueError, r"fold=2 is out of range: .* folds 0..1"),
-        ({"split_file": "two.json"}, ValueError, r"holds 2 fold\(s\) but task.num_folds=5: set task.num_folds=2"),
+        ({"split_file": "two.json", "num_folds": 2}, ConfigError, r"fold=2 is out of range: .* folds 0..1"),
+        ({"split_file": "two.json"}, ConfigError, r"holds 2 fold\(s\) but task.num_folds=5: set task.num_folds=2"),
         ({"split_file": "missing.json"}, DatasetError, r"missing.json does not exist"),
         ({"group_regex": r"^(q\d+)_"}, DatasetError, r"does not match case 'p0_s[0-9]+' .*my_slices/dataset.json"),
-        ({"group_regex": r"^p\d+_"}, ValueError, r"has no capture group"),
+        ({"group_regex": r"^p\d+_"}, ConfigError, r"has no capture group"),
         ({"group_key": "patient"}, DatasetError, r"has no 'patient' entry"),
-        ({"num_folds": 7, "group_regex": GROUP}, ValueError, r"6 patient groups cannot make 7 folds"),
+        ({"num_folds": 7, "group_regex": GROUP}, ConfigError, r"6 patient groups cannot make 7 folds"),
     ],
 )
 def test_unusable_splits_name_the_file_and_the_fix(slices, tmp_path, options, error, message):
@@ -333,7 +333,7 @@ def test_a_resized_slice_maps_back_onto_its_own_pixels():
     volume = tio.Subject(image=tio.ScalarImage(tensor=torch.zeros(1, 37, 53, 4)), intensity="8bit")
     assert ResizeSlice((48, 40))(volume).spatial_shape == (37, 53, 4), "volumes are never resized"
     split = Split(train={}, val={}, test={})
-    with pytest.raises(ValueError, match="applies to data.slice_policy=resize only"):
+    with pytest.raises(ConfigError, match="applies to data.slice_policy=resize only"):
         SegmentationDataModule(root="data", split=split, label_values=[0, 3], patch_size=[32, 32, 1], batch_size=2,
                                slice_size=[48, 40])
     resized = SegmentationDataModule(root="data", split=split, label_values=[0, 3], patch_size=[32, 32, 1],

@@ -17,7 +17,7 @@ from covlight.data import canonical
 from covlight.data.canonical import hu_to_0_255, read_dataset
 from covlight.data.splits import COVID_CASES, load_split_file
 from covlight.prepare import main
-from tests import official_fakes as fakes
+from tests.helpers import official_fakes as fakes
 
 COVID_SUBSET = ["coronacases_001", "coronacases_002", "radiopaedia_10_85902_1"]
 
@@ -37,7 +37,7 @@ def ok(capsys, *argv) -> str:
 def fails(capsys, *argv) -> str:
     code, out, err = run(capsys, *argv)
     assert code == 2, out
-    assert err.startswith("error: ") and "Traceback" not in err
+    assert err.startswith("covlight.prepare: error: ") and "Traceback" not in err
     return err
 
 

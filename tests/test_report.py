@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 
 import numpy as np
 import pytest
@@ -15,43 +14,11 @@ from covlight.report.__main__ import main
 from covlight.report.baselines import published_table
 from covlight.report.collect import collect
 from covlight.report.tables import EVAL_SETS, PUBLISHED_SETTINGS, published
+from tests.helpers.run_folders import FOLDS, NAMES, NAN_CASE, fake_rows, make_run
 
-COLUMNS = ["L-lungDSC", "L-lung-1mm", "R-lungDSC", "R-lung-1mm", "LesionDSC", "LesionNSD-3mm"]
 STRUCTURE_COLUMNS = {("left_lung", "dsc"): "L-lungDSC", ("left_lung", "nsd"): "L-lung-1mm",
                      ("right_lung", "dsc"): "R-lungDSC", ("right_lung", "nsd"): "R-lung-1mm",
                      ("infection", "dsc"): "LesionDSC", ("infection", "nsd"): "LesionNSD-3mm"}
-NAMES, FOLDS = ("unet2d", "unet3d"), (0, 1)
-NAN_CASE = ("unet2d", 1, "coronacases_006")  # its lesion DSC and NSD are NaN (empty truth and prediction)
-
-
-def make_run(root, name, fold, state="finished", rows=None, stamp="2026-01-01_00-00-00", error=None):
-    """A run folder as training leaves it: status.json with the identity, metrics.csv when finished."""
-    path = root / "task1" / "lung_infection" / name / f"fold{fold}-seed0" / stamp
-    path.mkdir(parents=True)
-    identity = {"name": name, "fold": fold, "seed": 0, "task": "task1", "source": None,
-                "subtask": "lung_infection", "model": name}
-    status = {"state": state, "identity": identity} | ({"error": error} if error else {})
-    (path / "status.json").write_text(json.dumps(status), encoding="utf-8")
-    if rows is not None:
-        lines = [",".join(["Name", "dataset", *COLUMNS])]
-        lines += [",".join([case, dataset, *("nan" if math.isnan(v) else f"{v:.6f}" for v in values)])
-                  for case, dataset, values in rows]
-        (path / "metrics.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def fake_rows(rng, name, fold):
-    """4 COVID cases with every structure, 2 MosMed cases with infection only (lung columns NaN)."""
-    rows = []
-    for i in range(4):
-        case = f"coronacases_{i + 1 + 4 * fold:03d}"
-        values = [*rng.uniform(0.8, 1.0, 4), *rng.uniform(0.2, 0.9, 2)]
-        if (name, fold, case) == NAN_CASE:
-            values[4:] = [math.nan, math.nan]
-        rows.append((case, "covid19_ct_seg", values))
-    for i in range(2):
-        rows.append((f"study_{i + 2 * fold:04d}", "mosmed", [math.nan] * 4 + list(rng.uniform(0.1, 0.8, 2))))
-    return rows
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +142,7 @@ def test_refuses_to_overwrite_without_force(sweep, capsys):
     report = sweep["out"] / "report.md"
     before = report.read_text(encoding="utf-8")
     report.write_text(before + "\nmy notes\n", encoding="utf-8")
-    assert main([str(sweep["root"]), "--out", str(sweep["out"])]) == 1
+    assert main([str(sweep["root"]), "--out", str(sweep["out"])]) == 2
     assert "--force" in capsys.readouterr().err
     assert report.read_text(encoding="utf-8").endswith("my notes\n")
     assert main([str(sweep["root"]), "--out", str(sweep["out"]), "--force"]) == 0
@@ -186,7 +153,7 @@ def test_refuses_to_overwrite_without_force(sweep, capsys):
 def test_no_finished_run_exits_with_one_message(tmp_path, capsys):
     make_run(tmp_path, "unet2d", 0, state="running")
     make_run(tmp_path, "unet2d", 1, state="failed", error="ValueError: bad")
-    assert main([str(tmp_path), "--out", str(tmp_path / "report")]) == 1
+    assert main([str(tmp_path), "--out", str(tmp_path / "report")]) == 2
     err = capsys.readouterr().err
     assert "no finished run" in err and "1 running" in err and "1 failed" in err
     assert not (tmp_path / "report").exists()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-from pathlib import Path
 
 import pytest
 
@@ -23,6 +21,7 @@ from covlight.data.splits import (
     official_split,
     split_file_path,
 )
+from covlight.errors import ConfigError
 
 COVID = "covid19_ct_seg"
 T1 = load_split_file("Task1_COVID_datasplit.json")
@@ -54,17 +53,8 @@ SOURCES = {
 }
 
 
-def shared_benchmark() -> Path:
-    """../shared/benchmark (or $COVLIGHT_SHARED/benchmark); skips the test when absent."""
-    shared = os.environ.get("COVLIGHT_SHARED")
-    root = Path(shared) if shared else Path(__file__).resolve().parents[2] / "shared"
-    if not (root / "benchmark").is_dir():
-        pytest.skip(f"../shared/benchmark not found: looked in {root / 'benchmark'}")
-    return root / "benchmark"
-
-
-def test_packaged_split_files_equal_the_benchmark_files():
-    official = {path.name: path for path in shared_benchmark().glob("Task*/*_datasplit.json")}
+def test_packaged_split_files_equal_the_benchmark_files(shared_benchmark):
+    official = {path.name: path for path in shared_benchmark.glob("Task*/*_datasplit.json")}
     assert sorted(official) == sorted(SPLIT_FILES)
     for name, path in official.items():
         assert load_split_file(name) == json.loads(path.read_text(encoding="utf-8")), name
@@ -190,7 +180,7 @@ def test_twin_patient_flaw(task, source, variants):
 
 
 def test_valid_combinations_are_exactly_the_documented_ones():
-    """Every (task, subtask, fold, source, variant) either composes or raises ValueError; the valid ones are
+    """Every (task, subtask, fold, source, variant) either composes or raises ConfigError; the valid ones are
     task1 x 3 subtasks x 5 folds x 4 variants, task2 x 5 sources (+ all x 2) x fold None/0 x 2 variants,
     task3 x 6 sources (+ all x 2) x 5 folds x 2 variants."""
     valid = set()
@@ -203,7 +193,7 @@ def test_valid_combinations_are_exactly_the_documented_ones():
     ):
         try:
             official_split(*combo)
-        except ValueError:
+        except ConfigError:
             continue
         valid.add(combo)
     expected = {
@@ -248,7 +238,7 @@ def test_valid_combinations_are_exactly_the_documented_ones():
     ],
 )
 def test_invalid_combinations_say_why(args, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         official_split(*args)
 
 

@@ -14,25 +14,11 @@ import pytest
 from lightning.pytorch.loggers.logger import Logger
 
 from covlight.config import read_status
-from covlight.data.canonical import DatasetError
 from covlight.data.datamodule import SegmentationDataModule
 from covlight.data.splits import COVID, Split, official_split
+from covlight.errors import DatasetError
 from covlight.train import run
-from tests.conftest import REPO, compose_config
-
-TINY_2D = [
-    "model=unet2d", "model.patch_size=[32,32,1]", "model.batch_size=4",
-    "model.module.net.features_per_stage=[8,16,32]", "model.module.net.strides=[1,2,2]",
-    "model.module.inference.batch_size=8",
-]
-TINY_3D = [
-    "model=unet3d", "model.patch_size=[32,32,16]", "model.batch_size=2",
-    "model.module.net.features_per_stage=[8,16,32]", "model.module.net.strides=[[1,1,1],[2,2,2],[2,2,2]]",
-]
-FAST = [
-    "trainer=debug", "data.batches_per_epoch=2", "data.samples_per_volume=2", "data.patch_buffer=4",
-    "data.num_workers=0", "data.val_patches_per_case=1", "print_config=false",
-]
+from tests.helpers.runs import FAST, REPO, TINY_2D, TINY_3D, compose_config
 
 
 class CaptureLogger(Logger):
@@ -132,7 +118,7 @@ def test_missing_dataset_is_one_clear_error(tmp_path):
     env = {**os.environ, "COVLIGHT_DATA": str(tmp_path / "nowhere")}
     command = [sys.executable, "-m", "covlight", *TINY_2D, *FAST, "logger=none", f"paths.output_root={tmp_path}"]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "does not exist" in result.stderr and "covlight.phantoms" in result.stderr
     assert "Traceback" not in result.stderr
     (run_dir,) = (tmp_path / "task1" / "lung" / "unet2d" / "fold0-seed0").iterdir()

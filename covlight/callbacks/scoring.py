@@ -19,7 +19,8 @@ import torch.distributed as dist
 from lightning.pytorch.loggers import WandbLogger
 
 from covlight.callbacks.overlays import save_overlay
-from covlight.data.canonical import LABELS, DatasetError, read_volume, save_nifti
+from covlight.data.canonical import LABELS, read_nifti, save_nifti
+from covlight.errors import ConfigError, DatasetError
 from covlight.metrics import STRUCTURES, score_case
 
 METRICS_FILE = "metrics.csv"
@@ -63,7 +64,7 @@ def write_rows_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
 
 def load_truth(label_path: str, device: torch.device) -> tuple[torch.Tensor, tuple[float, ...]]:
     """A ground-truth label map on `device` and its spacing (from the header, as the benchmark's script)."""
-    data, label_file = read_volume(Path(label_path))
+    data, label_file = read_nifti(Path(label_path))
     truth = torch.from_numpy(np.asarray(data, dtype=np.uint8)).to(device)
     unexpected = sorted(set(torch.unique(truth).tolist()) - set(LABELS.values()))
     if unexpected:
@@ -114,7 +115,7 @@ class CaseScoring(pl.Callback):
         self.rows, self.overlays = [], []
         path = self.output_dir / METRICS_FILE
         if path.exists():
-            raise FileExistsError(f"{path} exists: a finished test is never overwritten; start a new run.")
+            raise ConfigError(f"{path} exists: a finished test is never overwritten; start a new run.")
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         prediction = outputs["prediction"]

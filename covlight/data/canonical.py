@@ -18,14 +18,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from covlight.errors import DatasetError
+
 FORMAT_VERSION = 1
 LABELS = {"background": 0, "left_lung": 1, "right_lung": 2, "infection": 3}
 INTENSITY_KINDS = ("hu", "window_0_255", "8bit")
 HU_WINDOW = (-1250.0, 250.0)
-
-
-class DatasetError(RuntimeError):
-    """A dataset folder or file is missing or malformed; the message names the file and the fix."""
 
 
 def hu_to_0_255(hu: np.ndarray) -> np.ndarray:
@@ -142,7 +140,7 @@ def open_nifti(path: Path) -> nib.Nifti1Image:
         raise _damaged(path, error) from None
 
 
-def read_volume(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
+def read_nifti(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     """A canonical 3D volume, whole, and its NIfTI image (header and affine); one clear error when damaged.
 
     Read with nibabel, never TorchIO's default SimpleITK reader: its NIfTI library silently zero-fills a truncated
@@ -160,7 +158,7 @@ def read_volume(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
 
 def read_canonical(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """A canonical file as a (1, x, y, z) array and its affine: the `reader` of covlight's TorchIO images."""
-    data, image = read_volume(path)
+    data, image = read_nifti(path)
     return data[None], image.affine
 
 

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from covlight.data.canonical import DatasetError, read_dataset
+from covlight.data.canonical import read_dataset
 from covlight.data.splits import Split
+from covlight.errors import ConfigError, DatasetError
 
 Case = tuple[str, str]  # (dataset, case id)
 
@@ -49,17 +50,17 @@ def custom_split(
     if isinstance(datasets, str):
         datasets = [datasets]
     if not datasets:
-        raise ValueError("task.datasets is empty: name the canonical dataset folder(s) of the task")
+        raise ConfigError("task.datasets is empty: name the canonical dataset folder(s) of the task")
     if group_regex and group_key:
-        raise ValueError("task.group_regex and task.group_key both set: give one grouping rule")
+        raise ConfigError("task.group_regex and task.group_key both set: give one grouping rule")
     cases = _cases(Path(root).expanduser(), datasets, structures)
     groups = patient_groups(cases, group_regex, group_key, Path(root).expanduser()) \
         if group_regex or group_key else None
     if split_file:
         folds = read_split_file(Path(split_file).expanduser())
         if len(folds) != num_folds:
-            raise ValueError(f"{split_file} holds {len(folds)} fold(s) but task.num_folds={num_folds}: "
-                             f"set task.num_folds={len(folds)}")
+            raise ConfigError(f"{split_file} holds {len(folds)} fold(s) but task.num_folds={num_folds}: "
+                              f"set task.num_folds={len(folds)}")
         _check_fold(fold, num_folds)
         resolved = [{key: _resolve(names, cases, split_file) for key, names in f.items()} for f in folds]
         entry = resolved[fold]  # every fold resolved: a wrong name anywhere in the file is found at once
@@ -76,7 +77,7 @@ def custom_split(
 
 def _check_fold(fold, num_folds: int) -> None:
     if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < num_folds:
-        raise ValueError(f"fold={fold!r} is out of range: this task has folds 0..{num_folds - 1}")
+        raise ConfigError(f"fold={fold!r} is out of range: this task has folds 0..{num_folds - 1}")
 
 
 def _cases(root: Path, datasets: Sequence[str], structures: Sequence[str]) -> list[Case]:
@@ -99,10 +100,10 @@ def patient_groups(cases: list[Case], regex: str | None, key: str | None, root: 
         try:
             pattern = re.compile(regex)
         except re.error as error:
-            raise ValueError(f"task.group_regex={regex!r} is not a regular expression ({error})") from None
+            raise ConfigError(f"task.group_regex={regex!r} is not a regular expression ({error})") from None
         if pattern.groups < 1:
-            raise ValueError(f"task.group_regex={regex!r} has no capture group: put the patient part in "
-                             r"parentheses, e.g. '^(patient\d+)_'")
+            raise ConfigError(f"task.group_regex={regex!r} has no capture group: put the patient part in "
+                              r"parentheses, e.g. '^(patient\d+)_'")
         groups = {}
         for case in cases:
             match = pattern.search(case[1])
@@ -130,8 +131,8 @@ def kfold(cases: list[Case], num_folds: int, seed: int, groups: dict[Case, str] 
         members.setdefault(groups[case] if groups else "/".join(case), []).append(case)
     if len(members) < num_folds:
         what = "patient groups" if groups else "cases"
-        raise ValueError(f"{len(members)} {what} cannot make {num_folds} folds: set task.num_folds to at most "
-                         f"{len(members)}")
+        raise ConfigError(f"{len(members)} {what} cannot make {num_folds} folds: set task.num_folds to at most "
+                          f"{len(members)}")
 
     def order(group: str) -> str:
         return hashlib.sha256(f"{seed}/{group}".encode()).hexdigest()

@@ -1,6 +1,6 @@
 """The TorchIO data module: patches for training, fixed patches for cheap validation, whole cases for testing.
 
-Reads only canonical dataset folders `<root>/<dataset>/` (DESIGN); which cases go where comes from a `Split`.
+Reads only canonical dataset folders `<root>/<dataset>/` (docs/ARCHITECTURE.md); which cases go where comes from a `Split`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from tqdm.auto import tqdm
 
 from covlight.data.canonical import (
     CanonicalDataset,
-    DatasetError,
     grid_difference,
     open_nifti,
     read_canonical,
@@ -41,6 +40,7 @@ from covlight.data.transforms import (
     augmentation_preset,
 )
 from covlight.data.unlabelled import pool_lists, unlabelled_dataloader
+from covlight.errors import ConfigError, DatasetError
 
 
 @dataclass(frozen=True)
@@ -189,6 +189,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.spatial_dims = 2 if self.patch_size[2] == 1 else 3
         self.batch_size = batch_size
         self.target_spacing_option = target_spacing
+        if not 0.0 <= foreground_fraction <= 1.0:
+            raise ConfigError(f"data.foreground_fraction={foreground_fraction}: give a fraction in [0, 1]")
         self.foreground_fraction = foreground_fraction
         self.batches_per_epoch = batches_per_epoch
         self.samples_per_volume = samples_per_volume
@@ -197,17 +199,17 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.val_patches_per_case = val_patches_per_case
         self.inner_validation = inner_validation
         if missing_cases not in ("error", "skip"):
-            raise ValueError(f"data.missing_cases={missing_cases!r}: use 'error' or 'skip'")
+            raise ConfigError(f"data.missing_cases={missing_cases!r}: use 'error' or 'skip'")
         self.missing_cases = missing_cases
         self.optional_test_sets = tuple(optional_test_sets)
         self.balanced_sampling = balanced_sampling
         self.test_in_domain = test_in_domain
         self.intensity_scaling = intensity_scaling
         if slice_policy not in SLICE_POLICIES:
-            raise ValueError(f"data.slice_policy={slice_policy!r}: use one of {SLICE_POLICIES}")
+            raise ConfigError(f"data.slice_policy={slice_policy!r}: use one of {SLICE_POLICIES}")
         if slice_size is not None and slice_policy != "resize":
-            raise ValueError(f"data.slice_size={list(slice_size)} applies to data.slice_policy=resize only "
-                             "(pad keeps each slice's own size): add data.slice_policy=resize, or drop slice_size")
+            raise ConfigError(f"data.slice_size={list(slice_size)} applies to data.slice_policy=resize only "
+                              "(pad keeps each slice's own size): add data.slice_policy=resize, or drop slice_size")
         self.slice_size = None  # one-slice cases are resized to it (slice_policy=resize)
         if slice_policy == "resize":
             self.slice_size = tuple(int(n) for n in (slice_size or self.patch_size[:2]))

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING
 
+from covlight.errors import ConfigError
+
 if TYPE_CHECKING:  # importlib.resources.abc is Python >= 3.11; the package supports 3.10
     from importlib.resources.abc import Traversable
 
@@ -121,7 +123,7 @@ def load_split_file(name: str) -> list[dict[str, list[str]]]:
 def official_split(
     task: str, subtask: str, fold: int | None, source: str | None = None, variant: str = "official"
 ) -> Split:
-    """The split of one run; invalid combinations raise ValueError naming the valid options.
+    """The split of one run; invalid combinations raise ConfigError naming the valid options.
 
     `source` is None for task1 and one of `SOURCES` for task2 and task3; "all" (our addition, not a published
     row) is the union of every source that annotates `subtask`, each under its own dataset name.
@@ -138,29 +140,29 @@ def official_split(
     Task2 trains on no COVID case, so "official" and "grouped" are the same there.
     """
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     if subtask not in SUBTASKS:
-        raise ValueError(f"unknown subtask {subtask!r}; choose one of {', '.join(SUBTASKS)}")
+        raise ConfigError(f"unknown subtask {subtask!r}; choose one of {', '.join(SUBTASKS)}")
     if variant not in VARIANTS:
-        raise ValueError(f"unknown split variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+        raise ConfigError(f"unknown split variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     if task == "task1":
         if source is not None:
-            raise ValueError(f"task1 trains on COVID-19-CT-Seg only: source must be None, got {source!r}")
+            raise ConfigError(f"task1 trains on COVID-19-CT-Seg only: source must be None, got {source!r}")
         train, test, warnings = _covid_fold(task, fold, variant)
         return Split(train={COVID: train}, val={}, test={COVID: test} | _mosmed(subtask), warnings=warnings)
 
     if subtask == "lung_infection":
-        raise ValueError(
+        raise ConfigError(
             f"subtask 'lung_infection' is task1's only ({task} asked): the {task} sources annotate either lungs "
             "or lesions, and one model for all three labels on them would need a partial-label loss. "
             "Use subtask=lung or subtask=infection."
         )
     if variant.startswith("train80"):
-        raise ValueError(
+        raise ConfigError(
             f"variant {variant!r} is task1's 80% training variant; {task} takes 'official' or 'grouped'"
         )
     if task == "task2" and fold not in (None, 0):
-        raise ValueError(f"task2 has one split per source (no folds): fold must be None (or 0), got {fold!r}")
+        raise ConfigError(f"task2 has one split per source (no folds): fold must be None (or 0), got {fold!r}")
     source_lists = _source_lists(task, subtask, source)
     train = {dataset: lists["train"] for dataset, lists in source_lists.items()}
     val = {dataset: lists["val"] for dataset, lists in source_lists.items()}
@@ -179,12 +181,12 @@ def _mosmed(subtask: str) -> dict[str, list[str]]:
 def _source_lists(task: str, subtask: str, source: str | None) -> dict[str, dict[str, list[str]]]:
     """dataset name -> {"train": [...], "val": [...]} of the task2 split file(s) of `source`."""
     if source not in SOURCES:
-        raise ValueError(
+        raise ConfigError(
             f"{task} needs a training source: source must be one of {', '.join(SOURCES)}, got {source!r}"
         )
     files = (SOURCE_SPLITS | TASK3_ONLY_SPLITS) if task == "task3" else SOURCE_SPLITS
     if source != "all" and (source, subtask) not in files:
-        raise ValueError(
+        raise ConfigError(
             f"no published {subtask} training source for source={source!r} in {task}: MSD's lung masks were "
             "released after the paper's task2 (its Task2-MSD lung rows are '-'); use source=structseg or "
             "source=nsclc, or task3, which trains on the MSD lung masks with Task302's case lists"
@@ -200,7 +202,7 @@ def _source_lists(task: str, subtask: str, source: str | None) -> dict[str, dict
 def _covid_fold(task: str, fold: int | None, variant: str) -> tuple[list[str], list[str], tuple[str, ...]]:
     """(train, test, warnings) of COVID-19-CT-Seg fold `fold` under `variant` (see `official_split`)."""
     if isinstance(fold, bool) or not isinstance(fold, int) or fold not in FOLDS:
-        raise ValueError(
+        raise ConfigError(
             f"{task} has the official folds {list(FOLDS)}: fold must be one of them, got {fold!r}"
         )
     entry = load_split_file(TASK1_80_FILE if variant.startswith("train80") else TASK1_FILE)[fold]

@@ -8,9 +8,10 @@ import numpy as np
 import torch
 import torchio as tio
 
-from covlight.data.canonical import INTENSITY_KINDS, LABELS, DatasetError
+from covlight.data.canonical import INTENSITY_KINDS, LABELS
+from covlight.errors import ConfigError, DatasetError
 
-# Stored images are 0..255 whatever the source kind (DESIGN); this is the range each kind is scaled from.
+# Stored images are 0..255 whatever the source kind (docs/ARCHITECTURE.md); this is the range each kind is scaled from.
 STORED_RANGE = {kind: (0.0, 255.0) for kind in INTENSITY_KINDS}
 
 
@@ -28,7 +29,7 @@ class ScaleIntensity(tio.Transform):
     def __init__(self, scaling: str = "range", **kwargs):
         super().__init__(**kwargs)
         if scaling not in INTENSITY_SCALINGS:
-            raise ValueError(f"data.intensity_scaling={scaling!r}: use one of {INTENSITY_SCALINGS}")
+            raise ConfigError(f"data.intensity_scaling={scaling!r}: use one of {INTENSITY_SCALINGS}")
         self.scaling = scaling
 
     def apply_transform(self, subject: tio.Subject) -> tio.Subject:

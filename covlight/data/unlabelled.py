@@ -4,7 +4,7 @@ Configured as `data.unlabelled = {"datasets": ..., "ratio": r}`: `datasets` is a
 of each) or a mapping name -> "all" | [case ids]; `ratio` is the number of unlabelled patches per labelled patch.
 Unlabelled cases need only an image (a label file, if present, is never read).
 
-The rule (DESIGN): the pool never holds a test case of any task. By construction, a pool may not name a dataset
+The rule (docs/ARCHITECTURE.md, "Policies"): the pool never holds a test case of any task. By construction, a pool may not name a dataset
 that holds test cases (`covid19_ct_seg`: every one of its cases is a test case of some task or fold; `mosmed`: its
 50 labelled CT-1 studies are test cases), nor hold, under any dataset name, a COVID-19-CT-Seg case id, a labelled
 MosMed study id, or a case id of the split's test or held-out (in-domain test / validation) lists. The unlabelled
@@ -20,10 +20,11 @@ import torch
 import torchio as tio
 from torch.utils.data import DataLoader
 
-from covlight.data.canonical import DatasetError, read_canonical
+from covlight.data.canonical import read_canonical
 from covlight.data.patches import PatchStream
 from covlight.data.splits import COVID, COVID_CASES, MOSMED, MOSMED_CASES, Split
 from covlight.data.transforms import PadToAtLeast
+from covlight.errors import DatasetError
 
 TEST_DATASETS = {
     COVID: "every COVID-19-CT-Seg case is a test case of some task",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from covlight.errors import ConfigError
 from covlight.methods.consistency import sigmoid_rampup
 from covlight.methods.supervised import SupervisedSegmentation
 
@@ -35,8 +36,8 @@ class SemiSupervisedSegmentation(SupervisedSegmentation):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if "unlabelled" not in batch:
-            raise RuntimeError(f"{type(self).__name__} needs unlabelled patches: set data.unlabelled (its model "
-                               "config sets data.unlabelled.datasets=[mosmed_unlabelled]; was it removed?)")
+            raise ConfigError(f"{type(self).__name__} needs unlabelled patches: set data.unlabelled (its model "
+                              "config sets data.unlabelled.datasets=[mosmed_unlabelled]; was it removed?)")
         image, target = self.batch_tensors(batch["labelled"])
         unlabelled = self.net_input(batch["unlabelled"]["image"].float())
         supervised, unsupervised = self.losses(image, target, unlabelled, batch)

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from covlight.errors import report_error
 from covlight.metrics import STRUCTURES
 from covlight.report.collect import Collection, collect, setting_label
 from covlight.report.plots import draw_boxplots
@@ -34,9 +35,10 @@ from covlight.report.tables import (
     case_rows,
     dataset_label,
     report_markdown,
-    write_csv,
+    write_table,
 )
 
+PROG = "covlight.report"
 REPORT_FILE = "report.md"
 PLOTS = {"dsc": "boxplot_dsc.png", "nsd": "boxplot_nsd.png"}
 
@@ -54,19 +56,19 @@ def main(argv: list[str] | None = None) -> int:
 
     absent = [str(path) for path in args.runs if not path.is_dir()]
     if absent:
-        return _fail(err, f"no such folder: {', '.join(absent)}")
+        return report_error(PROG, f"no such folder: {', '.join(absent)}")
     if args.out.exists() and not args.out.is_dir():
-        return _fail(err, f"--out {args.out} is a file, not a folder")
+        return report_error(PROG, f"--out {args.out} is a file, not a folder")
     if (args.out / REPORT_FILE).exists() and not args.force:
-        return _fail(err, f"{args.out / REPORT_FILE} exists: pass --force to replace it, "
-                          "or choose another --out")
+        return report_error(PROG, f"{args.out / REPORT_FILE} exists: pass --force to replace it, "
+                                  "or choose another --out")
 
     collection = collect(args.runs, progress=lambda dirs: _progress(err, dirs))
     roots = [str(path) for path in args.runs]
     if not collection.runs:
         states = Counter(skip.reason.split(":")[0] for skip in collection.skipped)
         found = ", ".join(f"{count} {reason}" for reason, count in states.items()) or "no run folder at all"
-        return _fail(err, f"no finished run with per-case metrics under {', '.join(roots)} ({found})")
+        return report_error(PROG, f"no finished run with per-case metrics under {', '.join(roots)} ({found})")
     err.print(f"finished runs: {len(collection.runs)}, skipped run folders: {len(collection.skipped)}; "
               "writing tables and plots")
     summary = aggregate(collection.runs)
@@ -83,9 +85,9 @@ def write_report(out: Path, collection: Collection, summary: list[dict], per_fol
     partial = out.parent / f".partial-{out.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     partial.mkdir()  # not tempfile.mkdtemp: its 0700 mode would become the report folder's
     try:
-        write_csv(partial / "summary.csv", summary, SUMMARY_COLUMNS)
-        write_csv(partial / "per_fold.csv", per_fold, PER_FOLD_COLUMNS)
-        write_csv(partial / "cases.csv", case_rows(collection.runs), CASE_COLUMNS)
+        write_table(partial / "summary.csv", summary, SUMMARY_COLUMNS)
+        write_table(partial / "per_fold.csv", per_fold, PER_FOLD_COLUMNS)
+        write_table(partial / "cases.csv", case_rows(collection.runs), CASE_COLUMNS)
         for metric, file in PLOTS.items():
             draw_boxplots(collection.runs, metric, partial / file)
         titles = {f"Per-case {metric.upper()}": file for metric, file in PLOTS.items()}
@@ -130,11 +132,6 @@ def _progress(err: Console, run_dirs: list) -> Iterable:
     if not err.is_terminal:
         return run_dirs
     return track(run_dirs, description="reading runs", console=err, transient=True)
-
-
-def _fail(err: Console, message: str) -> int:
-    err.print(f"covlight.report: error: {message}")
-    return 1
 
 
 if __name__ == "__main__":

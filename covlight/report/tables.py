@@ -196,7 +196,7 @@ def benchmark_order(method: tuple, fold: int | None, dataset: str) -> tuple:
 
 
 # ------------------------------------------------------------------------------------------ writers
-def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+def write_table(path: Path, rows: list[dict], columns: list[str]) -> None:
     """Rows as CSV: floats at full precision ('nan' for NaN), absent values as empty cells."""
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")

@@ -1,7 +1,7 @@
 """Checks and conversions every importer shares: intensity kinds, label maps, left/right anatomy, lung splitting.
 
 Left and right are decided in RAS+ world coordinates: +x points to the patient's right, so the left lung has the
-smaller x (CONVENTIONS.md). All functions take canonical (RAS+) arrays unless they say otherwise.
+smaller x (docs/ARCHITECTURE.md). All functions take canonical (RAS+) arrays unless they say otherwise.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import re
 import numpy as np
 from scipy import ndimage
 
-from covlight.data.canonical import HU_WINDOW, DatasetError, hu_to_0_255
+from covlight.data.canonical import HU_WINDOW, hu_to_0_255
 from covlight.data.importers.volumes import Volume
+from covlight.errors import CovlightError, DatasetError
 
 AIR_HU = (-1100.0, -900.0)
 MIN_AIR_SHARE = 0.005  # an HU chest CT has far more air than this (outside the body, lungs)
@@ -89,7 +90,7 @@ class LabelMap:
         self.text = text or ",".join(f"{k}:{v}" for k, v in mapping.items())
         bad = {v for v in self.mapping.values() if v not in (0, 1, 2, 3)}
         if bad:
-            raise ValueError(f"label map {self.text!r}: targets {sorted(bad)} are not canonical labels (0-3)")
+            raise CovlightError(f"label map {self.text!r}: targets {sorted(bad)} are not canonical labels (0-3)")
 
     @classmethod
     def parse(cls, text: str) -> LabelMap:
@@ -97,11 +98,11 @@ class LabelMap:
         for item in filter(None, (part.strip() for part in text.split(","))):
             match = re.fullmatch(r"(\d+)(?:-(\d+))?:(\d+)", item)
             if not match:
-                raise ValueError(f"label map item {item!r} is not SOURCE:TARGET or FIRST-LAST:TARGET (e.g. 1:3,4-6:0)")
+                raise CovlightError(f"label map item {item!r} is not SOURCE:TARGET or FIRST-LAST:TARGET (e.g. 1:3,4-6:0)")
             first, last, target = int(match[1]), int(match[2] or match[1]), int(match[3])
             mapping.update(dict.fromkeys(range(first, last + 1), target))
         if not mapping:
-            raise ValueError(f"label map {text!r} is empty; give SOURCE:TARGET pairs such as 1:3")
+            raise CovlightError(f"label map {text!r} is empty; give SOURCE:TARGET pairs such as 1:3")
         return cls(mapping, text)
 
     def apply(self, values: np.ndarray, name: str, fix: str = "") -> np.ndarray:

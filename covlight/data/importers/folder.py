@@ -24,12 +24,13 @@ import re
 
 import numpy as np
 
-from covlight.data.canonical import INTENSITY_KINDS, DatasetError
+from covlight.data.canonical import INTENSITY_KINDS
 from covlight.data.importers.archives import SourceTree
 from covlight.data.importers.cases import finish_case
 from covlight.data.importers.checks import LabelMap, integer_values
 from covlight.data.importers.runner import CaseSpec, DatasetPlan
 from covlight.data.importers.volumes import Volume, is_slice_file, read_volume, same_grid, strip_suffix
+from covlight.errors import CovlightError, DatasetError
 
 NAME = "folder"
 HELP = "any image/label pairs (NIfTI, NRRD, MHA, PNG/JPG slices) with a label map -> a dataset you name"
@@ -42,7 +43,7 @@ STRUCTURES = {1: "left_lung", 2: "right_lung", 3: "infection"}
 def _label_map(text: str) -> LabelMap:
     try:
         return LabelMap.parse(text)
-    except ValueError as error:
+    except CovlightError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import re
 
-from covlight.data.canonical import DatasetError
 from covlight.data.importers.archives import SourceTree
 from covlight.data.importers.cases import finish_case
 from covlight.data.importers.checks import LabelMap, integer_values
 from covlight.data.importers.runner import CaseSpec, DatasetPlan
 from covlight.data.importers.volumes import Volume, read_volume, same_grid
+from covlight.errors import DatasetError
 
 NAME = "mosmed"
 HELP = "MosMedData COVID19_1110: studies/CT-*/study_XXXX.nii.gz + masks/ -> mosmed (or mosmed_unlabelled)"

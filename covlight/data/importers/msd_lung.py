@@ -15,13 +15,13 @@ import json
 import re
 from pathlib import Path
 
-from covlight.data.canonical import DatasetError
 from covlight.data.importers.archives import SourceTree
 from covlight.data.importers.cases import finish_case
 from covlight.data.importers.checks import LabelMap, integer_values
 from covlight.data.importers.runner import CaseSpec, DatasetPlan
 from covlight.data.importers.volumes import Volume, read_volume, same_grid
 from covlight.data.splits import load_split_file
+from covlight.errors import DatasetError
 
 NAME = "msd_lung"
 HELP = "MSD Task06_Lung -> msd_lung_tumour (+ msd_lung with --lung-masks)"

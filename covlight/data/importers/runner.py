@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from covlight.data.canonical import DatasetError, write_case, write_dataset_json
+from covlight.data.canonical import write_case, write_dataset_json
 from covlight.data.importers.archives import SourceRef
 from covlight.data.importers.cases import Prepared
+from covlight.errors import DatasetError
 
 PROGRESS = ".prepare-progress.jsonl"  # first line: the import's options; then one line per finished case
 FORMAT = 1  # part of the options: bump when the importers' output changes, so old datasets need --force

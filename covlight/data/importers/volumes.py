@@ -16,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image
 
-from covlight.data.canonical import DatasetError
+from covlight.errors import DatasetError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
