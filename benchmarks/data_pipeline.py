@@ -80,7 +80,7 @@ def main() -> None:
         print(json.dumps(worker(Path(args.data), args.batches, args.workers, args.overrides)))
         return
 
-    from covlight.data.phantoms import write_phantom_dataset
+    from covlight.data.synthetic import write_phantom_dataset
 
     report = {"machine": machine_info(), "method": __doc__.split("\n\n", 1)[1].strip(), "cores": cores(),
               "bar_patches_per_s_per_core": BAR_PER_CORE, "extra_overrides": args.overrides}

@@ -56,7 +56,7 @@ def prepare_batches(folder: Path, count: int) -> Path:
     import torch
     from hydra.utils import instantiate
 
-    from covlight.data.phantoms import write_phantom_dataset
+    from covlight.data.synthetic import write_phantom_dataset
 
     data = folder / "data"
     write_phantom_dataset(data / "covid19_ct_seg", cases=PHANTOM_CASES, size="demo", progress=False)

@@ -165,7 +165,7 @@ def main() -> None:
         print(json.dumps(inference_worker() if args.worker == "inference" else nsd_worker()))
         return
 
-    from covlight.data.phantoms import write_phantom_dataset
+    from covlight.data.synthetic import write_phantom_dataset
 
     report = {"machine": machine_info(), "method": __doc__.split("\n\n", 1)[1].strip(), "cores": cores()}
     report["machine"]["gpu_capability"] = list(torch.cuda.get_device_capability(0))

@@ -27,8 +27,8 @@ from omegaconf import OmegaConf, open_dict
 
 from covlight.config import conf_dir
 from covlight.data.canonical import affine_from_spacing, hu_to_0_255, write_case, write_dataset_json
-from covlight.data.phantoms import make_phantom, write_phantom_dataset
 from covlight.data.splits import COVID, official_split
+from covlight.data.synthetic import make_phantom, write_phantom_dataset
 from covlight.train import run
 
 SOURCE, POOL = "phantom_tumour", "phantom_covid_pool"

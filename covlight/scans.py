@@ -1,4 +1,4 @@
-"""New scans in and predictions out, each on the input's own grid and in its format family.
+"""New scans in and predictions out for `covlight.predict`, each on the input's own grid and in its format family.
 
 Inputs: NIfTI, NRRD, MHA/MHD, a DICOM series folder, PNG/JPG slices, or the cases of a canonical dataset folder.
 They are read by the importers' reader (`covlight.data.importers.volumes`), so a scan reaches the model exactly
@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image
 
-from covlight.data.canonical import INTENSITY_KINDS, DatasetError, read_dataset
+from covlight.data.canonical import INTENSITY_KINDS, read_dataset
 from covlight.data.importers.checks import to_0_255
 from covlight.data.importers.volumes import (
     Volume,
@@ -32,6 +32,7 @@ from covlight.data.importers.volumes import (
     read_volume,
     strip_suffix,
 )
+from covlight.errors import DatasetError
 
 DETACHED_DATA = (".raw", ".zraw", ".raw.gz")  # data files of .mhd/.nhdr headers, read through their header
 SUPPORTED = "NIfTI, NRRD, MHA/MHD, PNG/JPG slices, or a DICOM series folder"

@@ -7,7 +7,7 @@ import pytest
 
 from covlight.baseline import threshold_baseline
 from covlight.data.canonical import hu_to_0_255
-from covlight.data.phantoms import COVID_CASES, make_phantom
+from covlight.data.synthetic import COVID_CASES, make_phantom
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

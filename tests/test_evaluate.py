@@ -247,7 +247,7 @@ def test_default_output_and_summary(folders, capsys):
 
 def test_phantom_predictions_reproduce_reference_in_both_label_modes(tmp_path):
     """Phantom chest CTs (covlight.phantoms) as ground truth, perturbed copies as predictions."""
-    from covlight.data.phantoms import make_phantom
+    from covlight.data.synthetic import make_phantom
 
     rng = np.random.default_rng(1)
     names = []

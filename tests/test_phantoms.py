@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from covlight.data.canonical import DatasetError, hu_to_0_255, read_dataset
-from covlight.data.phantoms import (
+from covlight.data.canonical import hu_to_0_255, read_dataset
+from covlight.data.synthetic import (
     COVID_CASES,
     case_ids,
     lungs_with_lesions,
     make_phantom,
     write_phantom_dataset,
 )
+from covlight.errors import DatasetError
 from covlight.phantoms import main
 
 
