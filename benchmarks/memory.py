@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 
 import numpy as np
-from common import emit, log, machine_info, status_mb
+from common import emit, log, machine_info, run_worker, status_mb
 
 SPACING = (0.7, 0.7, 1.0)
 NOISE = 3.0  # standard deviation in 0..255 units (about 18 HU)
@@ -123,17 +121,12 @@ def worker(name: str, shape, overlap: float) -> dict:
             "peak_rss_mib": peaks["score"], "peak_rss_gib": peaks["score"] / 1024}
 
 
-def run_worker(name: str, shape, overlap: float, log) -> dict:
-    command = [sys.executable, __file__, "--worker", name, "--shape", ",".join(map(str, shape)),
-               "--overlap", str(overlap)]
+def run_contender(name: str, shape, overlap: float) -> dict:
     start = time.perf_counter()
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {WORKER_TIMEOUT_S} s"}
-    if done.returncode != 0:
-        return {"error": f"exit status {done.returncode}: {done.stderr.strip()[-1000:]}"}
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_worker(__file__, ["--worker", name, "--shape", ",".join(map(str, shape)), "--overlap", str(overlap)],
+                        WORKER_TIMEOUT_S)
+    if "error" in result:
+        return result
     result["wall_s"] = time.perf_counter() - start
     log(f"{name}: peak RSS {result['peak_rss_gib']:.2f} GiB, {result['wall_s']:.0f} s: {json.dumps(result)}")
     return result
@@ -153,7 +146,7 @@ def main() -> None:
 
     report = {"machine": machine_info(), "method": __doc__.split("\n\n", 1)[1].strip(),
               "shape": list(shape), "spacing_mm": list(SPACING), "image_mib": float(np.prod(shape)) * 4 / 2**20}
-    report["contenders"] = {name: run_worker(name, shape, args.overlap, log) for name in CONTENDERS}
+    report["contenders"] = {name: run_contender(name, shape, args.overlap) for name in CONTENDERS}
     peaks = {name: run.get("peak_rss_gib") for name, run in report["contenders"].items()}
     report["bar"] = {"peak_rss_below_gib": BAR_GIB, "peak_rss_gib": peaks,
                      "met": all(peak is not None and peak < BAR_GIB for peak in peaks.values())}

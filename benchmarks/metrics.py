@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from common import emit, log, machine_info, status_mb
+from common import emit, log, machine_info, run_worker, status_mb
 from scipy import ndimage
 
 SIZES = {"256": ((256, 256, 128), (0.8, 0.8, 2.5)), "512": ((512, 512, 300), (0.7, 0.7, 1.0))}
@@ -176,18 +174,10 @@ def worker(args) -> None:
                       "peak_above_start_mb": peak_mb - start_mb}))
 
 
-def run_worker(name: str, gt: Path, pred: Path, spacing, tolerances, device: str | None = None) -> dict:
-    command = [sys.executable, __file__, "--worker", name, "--gt", str(gt), "--pred", str(pred),
-               "--spacing", ",".join(map(str, spacing)), "--tolerances", ",".join(map(str, tolerances))]
-    if device:
-        command += ["--device", device]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {WORKER_TIMEOUT_S} s"}
-    if done.returncode != 0:
-        return {"error": f"exit status {done.returncode}: {done.stderr.strip()[-500:]}"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def run_contender(name: str, gt: Path, pred: Path, spacing, tolerances, device: str | None = None) -> dict:
+    arguments = ["--worker", name, "--gt", str(gt), "--pred", str(pred), "--spacing", ",".join(map(str, spacing)),
+                 "--tolerances", ",".join(map(str, tolerances))]
+    return run_worker(__file__, arguments + (["--device", device] if device else []), WORKER_TIMEOUT_S)
 
 
 # ------------------------------------------------------------------------------------------- the report
@@ -202,15 +192,15 @@ def benchmark_case(case: str, size: str, folder: Path, gpu: bool, log) -> dict:
     del gt, pred
     runs = {}
     for name in ("covlight", "covlight-torch"):
-        per_tolerance = [run_worker(name, gt_path, pred_path, spacing, [t]) for t in TOLERANCES]
+        per_tolerance = [run_contender(name, gt_path, pred_path, spacing, [t]) for t in TOLERANCES]
         runs[name] = merge_runs(per_tolerance)
         log(f"{case} {size} {name}: {summarise(runs[name])}")
     if gpu:
-        per_tolerance = [run_worker("covlight-torch", gt_path, pred_path, spacing, [t], "cuda") for t in TOLERANCES]
+        per_tolerance = [run_contender("covlight-torch", gt_path, pred_path, spacing, [t], "cuda") for t in TOLERANCES]
         runs["covlight-cuda"] = merge_runs(per_tolerance)
         log(f"{case} {size} covlight-cuda: {summarise(runs['covlight-cuda'])}")
     for name in ("surface-distance", "monai"):
-        runs[name] = run_worker(name, gt_path, pred_path, spacing, TOLERANCES)
+        runs[name] = run_contender(name, gt_path, pred_path, spacing, TOLERANCES)
         log(f"{case} {size} {name}: {summarise(runs[name])}")
     gt_path.unlink()
     pred_path.unlink()

@@ -1,4 +1,4 @@
-"""Shared fixtures: composed configs, tiny phantom datasets, a quiet W&B, the real samples when present."""
+"""Shared fixtures: tiny phantom datasets, a quiet W&B, the real samples when present."""
 
 from __future__ import annotations
 
@@ -6,12 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-from covlight.config import conf_dir
+from tests.helpers.runs import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("COVLIGHT_SHARED", REPO.parent / "shared"))
 
 
@@ -25,26 +22,31 @@ def quiet_wandb(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
 
 
-def compose_config(overrides: list[str], return_hydra_config: bool = False):
-    """Compose covlight's config as `python -m covlight` would (experiments group included)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides, return_hydra_config=return_hydra_config)
-
-
 @pytest.fixture(scope="session")
 def phantom_root(tmp_path_factory) -> Path:
     """A datasets root holding 20 small COVID phantoms under the official case names (covid19_ct_seg/)."""
-    from covlight.data.phantoms import write_phantom_dataset
+    from covlight.data.synthetic import write_phantom_dataset
 
     root = tmp_path_factory.mktemp("data")
     write_phantom_dataset(root / "covid19_ct_seg", cases=20, seed=0, size="small", progress=False)
     return root
 
 
+def shared_folder(name: str, what: str) -> Path:
+    """A folder of the shared folder; skips the test when it is absent (CI has it)."""
+    folder = SHARED / name
+    if not folder.is_dir():
+        pytest.skip(f"{what} not found at {folder} (set COVLIGHT_SHARED to the shared folder)")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    data = SHARED / "data"
-    if not data.is_dir():
-        pytest.skip(f"real samples not found at {data} (set COVLIGHT_SHARED to the shared folder)")
-    return data
+    """Real samples (research, non-commercial; never committed)."""
+    return shared_folder("data", "real samples")
+
+
+@pytest.fixture(scope="session")
+def shared_benchmark() -> Path:
+    """The benchmark's own files: split files and published baselines."""
+    return shared_folder("benchmark", "the benchmark's files")

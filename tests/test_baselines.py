@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
-from pathlib import Path
 
 import pytest
 
@@ -13,17 +11,8 @@ from covlight.report.baselines import BASELINE_FILES, load_published, published_
 KEYS = ("task", "model", "setting", "training_source", "fold", "eval_set", "structure", "metric")
 
 
-def shared_benchmark() -> Path:
-    """../shared/benchmark (or $COVLIGHT_SHARED/benchmark); skips the test when absent."""
-    shared = os.environ.get("COVLIGHT_SHARED")
-    root = Path(shared) if shared else Path(__file__).resolve().parents[2] / "shared"
-    if not (root / "benchmark").is_dir():
-        pytest.skip(f"../shared/benchmark not found: looked in {root / 'benchmark'}")
-    return root / "benchmark"
-
-
-def test_every_published_cell_is_in_the_project():
-    official = {path.name: path for path in shared_benchmark().rglob("*.csv")}
+def test_every_published_cell_is_in_the_project(shared_benchmark):
+    official = {path.name: path for path in shared_benchmark.rglob("*.csv")}
     assert sorted(official) == sorted(BASELINE_FILES)
     ours = {(row["file"], *(row[key] for key in KEYS)): row for row in load_published()}
     count = 0

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from covlight.data.importers.runner import PROGRESS
-from tests import official_fakes as fakes
-from tests.conftest import REPO
-from tests.test_report import FOLDS, NAMES, fake_rows, make_run
+from tests.helpers import official_fakes as fakes
+from tests.helpers.run_folders import FOLDS, NAMES, fake_rows, make_run
+from tests.helpers.runs import REPO
 
 pytestmark = pytest.mark.slow
 

@@ -21,19 +21,14 @@ import torchio as tio
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from covlight.config import ConfigError, check_combination, read_status
-from covlight.data.canonical import (
-    DatasetError,
-    affine_from_spacing,
-    hu_to_0_255,
-    write_case,
-    write_dataset_json,
-)
+from covlight.config import check_combination, read_status
+from covlight.data.canonical import affine_from_spacing, hu_to_0_255, write_case, write_dataset_json
 from covlight.data.datamodule import SegmentationDataModule
-from covlight.data.phantoms import make_phantom, write_phantom_dataset
 from covlight.data.splits import COVID, Split, official_split
+from covlight.data.synthetic import make_phantom, write_phantom_dataset
 from covlight.data.transforms import RandomContrast, RandomHistogramWarp, augmentation_preset
 from covlight.data.unlabelled import pool_lists
+from covlight.errors import ConfigError, DatasetError
 from covlight.methods.consistency import (
     dann_lambda,
     ema_update,
@@ -46,8 +41,7 @@ from covlight.methods.mean_teacher import MeanTeacher
 from covlight.methods.ssl_pretrain import MaskedRestoration, block_mask
 from covlight.nets import UNet
 from covlight.train import load_initial_weights, run
-from tests.conftest import REPO, compose_config
-from tests.test_train_e2e import FAST, TINY_2D, TINY_3D
+from tests.helpers.runs import FAST, REPO, TINY_2D, TINY_3D, compose_config
 
 POOL = "phantom_unlabelled"
 SOURCE = "phantom_tumour"
@@ -256,17 +250,20 @@ def test_method_configs_compose_for_every_task(method, dims):
     assert type(module).__name__ == classes[method] and module.net.spatial_dims == dims
 
 
-@pytest.mark.parametrize(
-    ("recipe", "overrides", "name"),
-    [
-        ("fewshot_strong_aug", ["model=unet2d"], "fewshot_strong_aug_unet2d"),
-        ("intensity_dg", ["task=task2", "source=structseg", "subtask=infection"], "intensity_dg_unet3d"),
-        ("ssl_pretrain", ["model/base=unet2d"], "ssl_pretrain_2d"),
-        ("finetune", ["model=unet2d"], "finetune_unet2d"),
-        ("finetune_task3", ["source=structseg", "subtask=infection", "fold=3"], "finetune_task3_unet3d"),
-    ],
-)
-def test_recipes_compose(recipe, overrides, name):
+# What a recipe is composed with here, and the run name it then gives (default: none, and the recipe's name).
+RECIPE_OVERRIDES = {
+    "fewshot_strong_aug": (["model=unet2d"], "fewshot_strong_aug_unet2d"),
+    "intensity_dg": (["task=task2", "source=structseg", "subtask=infection"], "intensity_dg_unet3d"),
+    "ssl_pretrain": (["model/base=unet2d"], "ssl_pretrain_2d"),
+    "finetune": (["model=unet2d"], "finetune_unet2d"),
+    "finetune_task3": (["source=structseg", "subtask=infection", "fold=3"], "finetune_task3_unet3d"),
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(path.stem for path in (REPO / "experiments").glob("*.yaml")))
+def test_recipes_compose(recipe):
+    """Every recipe in experiments/ composes into a valid run with its own name."""
+    overrides, name = RECIPE_OVERRIDES.get(recipe, ([], recipe))
     cfg = compose_config([f"experiment={recipe}", *overrides])
     check_combination(cfg)
     assert cfg.name == name

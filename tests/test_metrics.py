@@ -1,7 +1,7 @@
 """covlight.metrics against its oracles: surface-distance 0.1 (DSC, NSD) and medpy (HD95, ASSD).
 
 surface-distance crashes on empty masks under NumPy 2 (np.Inf), so empty cases are checked against the rules in
-DESIGN directly. Ties at the tolerance are common (whole-mm tolerances, round spacings): the generated cases use
+docs/ARCHITECTURE.md ("The metric") directly. Ties at the tolerance are common (whole-mm tolerances, round spacings): the generated cases use
 tolerances that are multiples of the spacing, so many surface points sit exactly at the tolerance.
 """
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from tests.conftest import compose_config
+from tests.helpers.runs import compose_config
 
 KNOBS = ["model.module.channels_last=true", "model.module.compile={mode: max-autotune}"]
 

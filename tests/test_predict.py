@@ -28,8 +28,8 @@ from covlight.config import write_status
 from covlight.data.importers.checks import hu_of
 from covlight.data.splits import COVID, official_split
 from covlight.train import resolved_container
-from tests.conftest import REPO, compose_config
-from tests.test_train_e2e import FAST, TINY_2D, TINY_3D
+from tests.helpers.pictures import picture_of
+from tests.helpers.runs import FAST, REPO, TINY_2D, TINY_3D, compose_config
 
 FOLD0 = official_split("task1", "lung", 0)
 HELD_OUT = FOLD0.test[COVID][:2]
@@ -107,11 +107,6 @@ def write_dicom_series(volume: sitk.Image, folder: Path) -> None:
             image.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"{k:03d}.dcm"))
         writer.Execute(image)
-
-
-def picture_of(stored_slice: np.ndarray) -> np.ndarray:
-    """A canonical (x, y) slice as the importer's radiological picture: picture[row, col] = slice[W-1-col, H-1-row]."""
-    return np.ascontiguousarray(stored_slice.T[::-1, ::-1]).astype(np.uint8)
 
 
 def test_volumes_land_on_their_own_grid_and_can_be_scored(runs, phantom_root, tmp_path):

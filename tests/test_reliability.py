@@ -15,8 +15,7 @@ import pytest
 import torch
 
 from covlight.config import read_status
-from tests.conftest import REPO
-from tests.test_train_e2e import FAST, TINY_2D
+from tests.helpers.runs import FAST, REPO, TINY_2D
 
 COMMON = [*TINY_2D, *[o for o in FAST if o != "trainer=debug"], "trainer.deterministic=true", "trainer.max_epochs=3",
           "data.batches_per_epoch=12", "+trainer.limit_val_batches=1"]

@@ -10,8 +10,7 @@ import pytest
 import yaml
 
 from covlight.config import read_status
-from tests.conftest import REPO
-from tests.test_train_e2e import FAST, TINY_2D
+from tests.helpers.runs import FAST, REPO, TINY_2D, TINY_3D
 
 
 def run_cli(args, root, tmp_path):
@@ -59,7 +58,6 @@ def test_two_fold_two_model_phantom_sweep_report(phantom_root, tmp_path):
     import numpy as np
 
     from covlight.report.__main__ import main as report_main
-    from tests.test_train_e2e import TINY_3D
 
     for model in (TINY_2D, TINY_3D):
         env = {**os.environ, "COVLIGHT_DATA": str(phantom_root)}

@@ -11,9 +11,8 @@ import pytest
 from covlight.data.splits import COVID_CASES, MOSMED, load_split_file
 from covlight.prepare import main as prepare
 from covlight.train import run
-from tests import official_fakes as fakes
-from tests.conftest import compose_config
-from tests.test_train_e2e import FAST, TINY_2D
+from tests.helpers import official_fakes as fakes
+from tests.helpers.runs import FAST, TINY_2D, compose_config
 
 
 def first_ids(split_file: str, train: int, val: int) -> list[str]:

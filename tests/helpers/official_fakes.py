@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from covlight.data.phantoms import make_phantom, write_phantom_dataset
+from covlight.data.synthetic import make_phantom, write_phantom_dataset
 
 SEED = 0
 

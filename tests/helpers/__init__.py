@@ -1,0 +1,1 @@
+"""Helpers shared by test modules (fixtures are in tests/conftest.py)."""
