@@ -19,6 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from covlight.config import read_status
+from covlight.errors import WORK_FAILED
 
 LOG_VARIABLE = "COVLIGHT_SWEEP_LOG"
 _job_error: str | None = None
@@ -73,7 +74,7 @@ class SweepSummary(Callback):
         log.with_suffix(".summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
         print_summary(records)
         if summary["failed"]:
-            sys.exit(1)
+            sys.exit(WORK_FAILED)  # a job failed; each was recorded above
 
 
 def print_summary(records: list[dict]) -> None:

@@ -37,7 +37,7 @@ def test_optuna_search_optimises_an_inner_validation_score(phantom_root, tmp_pat
 
 def test_objective_refuses_a_test_metric(phantom_root, tmp_path):
     result = run_cli(["optimized_metric=test/covid19_ct_seg/left_lung/dsc"], phantom_root, tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 2  # a user's mistake
     assert "only validation metrics" in result.stderr
 
 
