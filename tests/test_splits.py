@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from covlight.data.splits import (
+from covlight.benchmark import (
+    COVID,
     COVID_CASES,
     MOSMED,
     MOSMED_CASES,
@@ -18,13 +19,9 @@ from covlight.data.splits import (
     TASKS,
     TWINS,
     VARIANTS,
-    Split,
-    load_split_file,
-    official_split,
-    split_file_path,
 )
+from covlight.data.splits import Split, load_split_file, official_split, split_file_path
 
-COVID = "covid19_ct_seg"
 T1 = load_split_file("Task1_COVID_datasplit.json")
 T1_80 = load_split_file("Task1_COVID_82_datasplit.json")
 # (source, subtask) -> (task2 file, task3 file, dataset); msd lung has no task2 row and reuses MSD's lists.

@@ -23,7 +23,8 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from covlight.metrics import STRUCTURES
+from covlight.benchmark import STRUCTURES
+from covlight.metrics.results import write_csv
 from covlight.report.collect import Collection, collect, setting_label
 from covlight.report.plots import draw_boxplots
 from covlight.report.tables import (
@@ -34,7 +35,6 @@ from covlight.report.tables import (
     case_rows,
     dataset_label,
     report_markdown,
-    write_csv,
 )
 
 REPORT_FILE = "report.md"
