@@ -27,6 +27,7 @@ import json
 import multiprocessing
 import os
 import sys
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ from covlight.metrics.structures import score_case
 
 SUFFIXES = (".nii.gz", ".nii")
 AFFINE_TOLERANCE_MM = 1e-3
+POOL_START_S = 1.0  # about what a pool of spawned scoring processes costs before its first case
 # The benchmark script's structures per maximum label of the first ground truth (infection-only files use 1).
 BENCHMARK_STRUCTURES = {1: (("infection",), {"infection": 1}), 2: (("left_lung", "right_lung"), {})}
 BENCHMARK_DEFAULT = (tuple(STRUCTURES), {})
@@ -248,7 +250,12 @@ def default_output(pred_dir: Path) -> Path:
 
 
 def run(jobs: list[Job], workers: int, keep_going: bool, console: Console):
-    """Score the jobs (in processes when workers > 1): rows in job order, and (case, message) failures."""
+    """Score the jobs: rows in job order, and (case, message) failures.
+
+    With workers > 1 the cases after the first are scored in processes, unless scoring them here would take less
+    than starting the processes (each spawned process imports this module again): small cases are scored faster
+    in this process.
+    """
     results: dict[int, dict] = {}
     failures: dict[int, tuple[str, str]] = {}
     columns_ = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -263,15 +270,21 @@ def run(jobs: list[Job], workers: int, keep_going: bool, console: Console):
             results[index] = outcome
             return True
 
-        if workers == 1 or len(jobs) == 1:
-            for index, job in enumerate(jobs):
-                if not record(index, score_or_error(job)):
+        pending = list(range(len(jobs)))
+        in_pool = workers > 1 and len(jobs) > 1
+        if in_pool:  # the first case, scored here, tells whether the others are worth a pool's start
+            started = time.perf_counter()
+            pending = pending[1:] if record(0, score_or_error(jobs[0])) else []
+            in_pool = (time.perf_counter() - started) * len(pending) > POOL_START_S
+        if not in_pool:
+            for index in pending:
+                if not record(index, score_or_error(jobs[index])):
                     break
-        else:
+        elif pending:
             # spawn, not fork: the progress bar runs a thread, and forking a threaded process is unsafe
             context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
-                futures = {pool.submit(score_or_error, job): index for index, job in enumerate(jobs)}
+            with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=context) as pool:
+                futures = {pool.submit(score_or_error, jobs[index]): index for index in pending}
                 for future in as_completed(futures):
                     if not record(futures[future], future.result()):
                         for pending in futures:
