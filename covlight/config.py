@@ -15,8 +15,10 @@ from pathlib import Path
 from hydra.core.object_type import ObjectType
 from hydra.core.plugins import Plugins
 from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSource
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from covlight import benchmark
+from covlight.atomic import write_json
 from covlight.errors import ConfigError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -133,9 +135,7 @@ def write_status(run_dir: Path, state: str, **extra) -> None:
     path = Path(run_dir) / STATUS_FILE
     payload = {**read_status(run_dir), "state": state, "updated": _dt.datetime.now().isoformat(timespec="seconds"),
                **extra}
-    tmp = path.with_name(f".partial-{os.getpid()}-{STATUS_FILE}")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(path, payload)
 
 
 _RUN_DIRS: dict[tuple, Path] = {}
@@ -177,6 +177,10 @@ def run_subdir(output_root, *identity) -> str:
 
 def _register_resolvers() -> None:
     resolvers = {
+        # lists as ListConfig: OmegaConf.resolve (Hydra's instantiate) refuses a plain list from a resolver
+        "covlight.structures": lambda subtask: ListConfig(list(benchmark.SUBTASKS[subtask].structures)),
+        "covlight.label_values": lambda structures: ListConfig(benchmark.label_values(structures)),
+        "covlight.num_classes": lambda structures: len(benchmark.label_values(structures)),
         "covlight.run_dir": run_dir,
         "covlight.run_subdir": run_subdir,
         "covlight.group": group_name,
@@ -196,33 +200,15 @@ _register_resolvers()
 
 
 # ----------------------------------------------------------------------------------------- combinations
-TASKS = ("task1", "task2", "task3")
-SOURCES = ("structseg", "nsclc", "msd", "all")
-SUBTASKS = ("lung", "infection", "lung_infection")
-
-
 def check_combination(cfg: DictConfig) -> None:
     """Fail at once, with the fix, on a (task, source, subtask, fold) the benchmark does not define."""
     task, source, subtask, fold = cfg.task.name, cfg.source.name, cfg.subtask.name, cfg.fold
     if "datasets" in cfg.task:
         check_custom_task(cfg)
-    elif task in TASKS:
-        if task == "task1" and source is not None:
-            raise ConfigError(f"task1 trains on COVID cases only: drop source={source} (or use task=task3)")
-        if task in ("task2", "task3") and source is None:
-            raise ConfigError(f"{task} needs a non-COVID source: add source=structseg|nsclc|msd|all")
-        if subtask == "lung_infection" and task != "task1":
-            raise ConfigError(
-                f"subtask=lung_infection is task1's only: the {task} sources annotate either lungs or lesions, "
-                "and one model for both would need a partial-label loss. Use subtask=lung or subtask=infection."
-            )
-        if task == "task2" and source == "msd" and subtask == "lung":
-            raise ConfigError("task2 has no published MSD lung source: use source=structseg|nsclc for subtask=lung")
-        if cfg.task.has_folds:
-            if fold is None or not 0 <= int(fold) < int(cfg.task.num_folds):
-                raise ConfigError(f"{task} has folds 0..{cfg.task.num_folds - 1}: set fold=<k> (got fold={fold})")
-        elif fold is not None:
+    else:
+        if task not in benchmark.TASKS_WITH_FOLDS and fold is not None:  # a fold would name the run's folder
             raise ConfigError(f"{task} has one split and no folds: drop fold={fold}")
+        benchmark.check_combination(task, subtask, fold, source, cfg.task.get("variant", "official"))
     model_dims = cfg.model.spatial_dims
     patch = list(cfg.model.patch_size)
     if len(patch) != 3 or (model_dims == 2) != (patch[2] == 1):
@@ -234,13 +220,9 @@ def check_combination(cfg: DictConfig) -> None:
 def check_custom_task(cfg: DictConfig) -> None:
     """A custom task (conf/task/custom.yaml): its own name, no benchmark source, a fold in range."""
     task, source, fold = cfg.task.name, cfg.source.name, cfg.fold
-    if str(task) in TASKS:
-        raise ConfigError(f"task.name={task} is a benchmark task's name; give your task its own name "
-                          "(task.name=<name>), so its runs are never taken for the benchmark's")
+    benchmark.check_custom_task(task, source)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(task)):
         raise ConfigError(f"task.name={task!r}: use letters, digits, '_', '.', '-' (it names the run folders)")
-    if source is not None:
-        raise ConfigError(f"task {task} trains on its own datasets (task.datasets): drop source={source}")
     num_folds = int(cfg.task.num_folds)
     if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < num_folds:
         last = num_folds - 1

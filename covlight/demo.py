@@ -4,8 +4,6 @@ threshold baseline, with the bars the demo must meet."""
 from __future__ import annotations
 
 import argparse
-import csv
-import math
 import subprocess
 import sys
 import time
@@ -17,16 +15,18 @@ from rich.console import Console
 from rich.table import Table
 
 from covlight.baseline import threshold_baseline
+from covlight.benchmark import COVID, METRICS_FILE, STRUCTURES, columns
 from covlight.config import identity_parts, read_status
 from covlight.data.canonical import read_dataset
-from covlight.data.splits import COVID, official_split
+from covlight.data.splits import official_split
 from covlight.data.synthetic import write_phantom_dataset
 from covlight.errors import WORK_FAILED, CovlightError, report_error
-from covlight.metrics import STRUCTURES, score_case
+from covlight.metrics import score_case
+from covlight.metrics.results import CaseResults
 from covlight.report.__main__ import main as report_main
 
-BARS = {"L-lungDSC": 0.90, "R-lungDSC": 0.90, "LesionDSC": 0.50}
-STRUCTURE_NAMES = ["left_lung", "right_lung", "infection"]
+BARS = {STRUCTURES[name].dsc_column: bar
+        for name, bar in (("left_lung", 0.90), ("right_lung", 0.90), ("infection", 0.50))}
 PROG = "covlight.demo"
 
 
@@ -40,43 +40,31 @@ def newest_finished_run(parent: Path) -> Path | None:
     return finished[-1] if finished else None
 
 
-def model_rows(run_dir: Path) -> list[dict]:
-    with open(run_dir / "metrics.csv") as handle:
-        return [{k: (v if k in ("Name", "dataset") else float(v)) for k, v in row.items()}
-                for row in csv.DictReader(handle)]
-
-
-def baseline_rows(dataset_root: Path, case_ids: list[str]) -> list[dict]:
+def baseline_results(dataset_root: Path, case_ids: list[str]) -> CaseResults:
     dataset = read_dataset(dataset_root)
-    rows = []
+    results = CaseResults(columns(STRUCTURES), keys=("Name",))
     for case_id in case_ids:
         image = nib.load(dataset.image_path(case_id))
         truth = np.asarray(nib.load(dataset.label_path(case_id)).dataobj, dtype=np.uint8)
         spacing = tuple(float(s) for s in image.header.get_zooms()[:3])
         prediction = threshold_baseline(np.asarray(image.dataobj, dtype=np.float32), spacing)
-        rows.append({"Name": case_id, **score_case(prediction, truth, spacing, structures=STRUCTURE_NAMES)})
-    return rows
+        results.append({"Name": case_id, **score_case(prediction, truth, spacing, structures=STRUCTURES)})
+    return results
 
 
-def mean_std(rows: list[dict], column: str) -> tuple[float, float]:
-    values = [row[column] for row in rows if not math.isnan(row[column])]
-    return (float(np.mean(values)), float(np.std(values))) if values else (math.nan, math.nan)
-
-
-def comparison_table(model: list[dict], baseline: list[dict]) -> tuple[Table, bool]:
+def comparison_table(model: CaseResults, baseline: CaseResults) -> tuple[Table, bool]:
     table = Table(title="demo: task1 fold 0 on phantoms (16 test cases), model vs trivial baseline")
     for name in ("metric", "model", "baseline", "bar", "ok"):
         table.add_column(name, justify="left" if name == "metric" else "right")
     passed = True
-    for structure in STRUCTURES.values():
-        for column in (structure.dsc_column, structure.nsd_column):
-            model_mean, model_std = mean_std(model, column)
-            base_mean, base_std = mean_std(baseline, column)
-            ok = model_mean > base_mean and model_mean >= BARS.get(column, 0.0)
-            passed &= ok
-            bar = f">= {BARS[column]:.2f}" if column in BARS else "> baseline"
-            table.add_row(column, f"{model_mean:.4f} ± {model_std:.4f}", f"{base_mean:.4f} ± {base_std:.4f}", bar,
-                          "yes" if ok else "NO")
+    model_stats, baseline_stats = model.column_stats(), baseline.column_stats()
+    for column in columns(STRUCTURES):
+        ours, base = model_stats[column], baseline_stats[column]
+        ok = ours["mean"] > base["mean"] and ours["mean"] >= BARS.get(column, 0.0)
+        passed &= ok
+        bar = f">= {BARS[column]:.2f}" if column in BARS else "> baseline"
+        table.add_row(column, f"{ours['mean']:.4f} ± {ours['std']:.4f}", f"{base['mean']:.4f} ± {base['std']:.4f}",
+                      bar, "yes" if ok else "NO")
     return table, passed
 
 
@@ -106,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     if run_dir is None:
         return report_error(PROG, f"no finished demo run under {runs}", WORK_FAILED)
     test_cases = official_split("task1", "lung_infection", 0).test[COVID]
-    table, passed = comparison_table(model_rows(run_dir), baseline_rows(dataset_root, test_cases))
+    model = CaseResults.read(run_dir / METRICS_FILE)
+    table, passed = comparison_table(model, baseline_results(dataset_root, test_cases))
     console.print(table)
     report_main([str(run_dir), "--out", str(run_dir / "report")])
     console.print(f"run folder: {run_dir}   report: {run_dir / 'report' / 'report.md'}")

@@ -2,6 +2,8 @@
 
 The numbers and columns are those of the benchmark's evaluation script (`COVID-19-Seg-Evaluation.py`): spacing
 from the ground truth's NIfTI header, no resampling, DSC and NSD (1 mm for each lung, 3 mm for infection).
+`--metrics dsc,nsd,hd95,assd` adds medpy's HD95 and ASSD in mm (columns such as `L-lungHD95`, `LesionASSD`;
+NaN when the structure is absent from both masks, inf when from one).
 
 Label formats:
 - `canonical` (default): both folders hold covlight's labels (1 left lung, 2 right lung, 3 infection); only the
@@ -13,19 +15,19 @@ Label formats:
 
 Cases are matched by file stem (`.nii.gz` / `.nii` stripped) and scored in sorted order; every ground truth
 needs a prediction and every prediction a ground truth (`--cases` scores a subset). The CSV is written under a
-temporary name and renamed when whole; an existing CSV is replaced only with `--force`. NaN (structure absent
-from both masks) is an empty cell, as pandas writes it. Exit status: 0 when every case was scored, 1 when a case failed, 2 for unusable arguments.
+temporary name and renamed when whole; an existing CSV is replaced only with `--force`. Its format is
+`covlight.metrics.results`' (full-precision floats; NaN, a structure absent from both masks, an empty cell, as
+pandas writes it). Exit status: 0 when every case was scored, 1 when a case failed, 2 for unusable arguments.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import math
 import multiprocessing
 import os
 import sys
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,14 +36,16 @@ import nibabel as nib
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
+from covlight.benchmark import BENCHMARK_METRICS, LABELS, METRICS, STRUCTURES, columns, ordered_structures
 from covlight.data.canonical import slice_spacing_note
 from covlight.errors import WORK_FAILED, CovlightError, report_error
-from covlight.metrics.structures import STRUCTURES, columns, ordered_structures, score_case
+from covlight.metrics.results import CaseResults, summary_table
+from covlight.metrics.structures import score_case
 
 SUFFIXES = (".nii.gz", ".nii")
 AFFINE_TOLERANCE_MM = 1e-3
+POOL_START_S = 1.0  # about what a pool of spawned scoring processes costs before its first case
 # The benchmark script's structures per maximum label of the first ground truth (infection-only files use 1).
 BENCHMARK_STRUCTURES = {1: (("infection",), {"infection": 1}), 2: (("left_lung", "right_lung"), {})}
 BENCHMARK_DEFAULT = (tuple(STRUCTURES), {})
@@ -63,6 +67,7 @@ class Job:
     structures: tuple[str, ...]
     labels: dict = field(default_factory=dict)  # structure -> label value where not canonical
     canonical: bool = True
+    metrics: tuple[str, ...] = BENCHMARK_METRICS
 
 
 def main(argv=None) -> int:
@@ -83,11 +88,12 @@ def main(argv=None) -> int:
         case, message = failures[0]
         return report_error(PROG, f"{case}: {message} Nothing was written (--keep-going scores the other cases).",
                             WORK_FAILED)
-    header = ["Name", *columns(structures)]
+    results = CaseResults(columns(structures, args.metrics), keys=("Name",), rows=rows)
     if rows:
-        write_csv(out, header, rows)
+        results.write(out)
         console.print(f"wrote {len(rows)} case(s) to {out}")
-    Console().print(summary_table(rows, header[1:]))
+    Console().print(summary_table(results.column_stats(),
+                                  f"{len(rows)} case(s): mean ± std over cases (NaN ignored)"))
     if failures:
         console.print(f"[red]{len(failures)} case(s) failed and are not in the CSV:[/red]")
         for case, message in failures:
@@ -114,6 +120,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--structures", nargs="+", choices=list(STRUCTURES),
                         help="canonical labels only: structures to score (default: those the ground truth's "
                              "dataset.json annotates, else all)")
+    parser.add_argument("--metrics", default=",".join(BENCHMARK_METRICS), type=metric_list,
+                        help=f"comma-separated metrics of each structure, from {','.join(METRICS)} "
+                             "(default: %(default)s, the benchmark's columns)")
     parser.add_argument("--cases", nargs="+", metavar="CASE", help="score only these case ids")
     parser.add_argument("--keep-going", action="store_true",
                         help="score the other cases when one fails, list the failures, exit 1")
@@ -121,6 +130,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     return args
+
+
+def metric_list(text: str) -> tuple[str, ...]:
+    """`--metrics`: known names, in the order of `METRICS` (columns of one structure always come in one order)."""
+    names = [name.strip().lower() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in METRICS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one or more of {','.join(METRICS)}")
+    return tuple(metric for metric in METRICS if metric in names)
 
 
 def plan(args) -> tuple[list[Job], tuple[str, ...]]:
@@ -161,7 +179,7 @@ def plan(args) -> tuple[list[Job], tuple[str, ...]]:
         pred, gt = pred_files.get(case), gt_files.get(case)
         name = (pred or gt).name if args.labels == "benchmark" else case
         jobs.append(Job(case=case, name=name, pred=pred, gt=gt, structures=tuple(structures), labels=labels,
-                        canonical=args.labels == "canonical"))
+                        canonical=args.labels == "canonical", metrics=args.metrics))
     return jobs, tuple(structures)
 
 
@@ -227,7 +245,12 @@ def default_output(pred_dir: Path) -> Path:
 
 
 def run(jobs: list[Job], workers: int, keep_going: bool, console: Console):
-    """Score the jobs (in processes when workers > 1): rows in job order, and (case, message) failures."""
+    """Score the jobs: rows in job order, and (case, message) failures.
+
+    With workers > 1 the cases after the first are scored in processes, unless scoring them here would take less
+    than starting the processes (each spawned process imports this module again): small cases are scored faster
+    in this process.
+    """
     results: dict[int, dict] = {}
     failures: dict[int, tuple[str, str]] = {}
     columns_ = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -242,15 +265,21 @@ def run(jobs: list[Job], workers: int, keep_going: bool, console: Console):
             results[index] = outcome
             return True
 
-        if workers == 1 or len(jobs) == 1:
-            for index, job in enumerate(jobs):
-                if not record(index, score_or_error(job)):
+        pending = list(range(len(jobs)))
+        in_pool = workers > 1 and len(jobs) > 1
+        if in_pool:  # the first case, scored here, tells whether the others are worth a pool's start
+            started = time.perf_counter()
+            pending = pending[1:] if record(0, score_or_error(jobs[0])) else []
+            in_pool = (time.perf_counter() - started) * len(pending) > POOL_START_S
+        if not in_pool:
+            for index in pending:
+                if not record(index, score_or_error(jobs[index])):
                     break
-        else:
+        elif pending:
             # spawn, not fork: the progress bar runs a thread, and forking a threaded process is unsafe
             context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
-                futures = {pool.submit(score_or_error, job): index for index, job in enumerate(jobs)}
+            with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=context) as pool:
+                futures = {pool.submit(score_or_error, jobs[index]): index for index in pending}
                 for future in as_completed(futures):
                     if not record(futures[future], future.result()):
                         for pending in futures:
@@ -293,7 +322,7 @@ def score_job(job: Job) -> dict:
                                 "--labels benchmark for the benchmark's label files")
     else:
         gt = gt.astype(np.uint8)  # the script's np.uint8(gt_nii.get_fdata())
-    return {"Name": job.name, **score_case(pred, gt, spacing, job.structures, labels=job.labels)}
+    return {"Name": job.name, **score_case(pred, gt, spacing, job.structures, labels=job.labels, metrics=job.metrics)}
 
 
 def read_labels(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
@@ -320,43 +349,12 @@ def read_labels(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
 
 def unexpected_values(data: np.ndarray) -> list:
     """Values outside canonical 0..3 (sorted, at most 10); empty when all are canonical."""
-    outside = (data < 0) | (data > 3)
+    outside = (data < 0) | (data > max(LABELS.values()))
     if not np.issubdtype(data.dtype, np.integer):
         outside |= data != np.round(data)
     if not outside.any():
         return []
     return [value.item() for value in np.unique(data[outside])[:10]]
-
-
-def write_csv(path: Path, header: list[str], rows: list[dict]) -> None:
-    """Write under a temporary name, then rename: a CSV that exists is complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        for row in rows:
-            writer.writerow([format_cell(row[column]) for column in header])
-    os.replace(tmp, path)
-
-
-def format_cell(value) -> str:
-    if isinstance(value, float):
-        return "" if math.isnan(value) else repr(value)
-    return str(value)
-
-
-def summary_table(rows: list[dict], metric_columns: list[str]) -> Table:
-    """Mean ± std (population) over cases per column, ignoring NaN, with the NaN count."""
-    table = Table(title=f"{len(rows)} case(s): mean ± std over cases (NaN ignored)")
-    for heading in ("column", "mean ± std", "cases", "NaN"):
-        table.add_column(heading, justify="left" if heading == "column" else "right")
-    for column in metric_columns:
-        values = np.array([row[column] for row in rows], dtype=np.float64)
-        finite = values[~np.isnan(values)]
-        cell = f"{finite.mean():.4f} ± {finite.std():.4f}" if finite.size else "-"
-        table.add_row(column, cell, str(finite.size), str(values.size - finite.size))
-    return table
 
 
 if __name__ == "__main__":

@@ -35,8 +35,9 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from covlight.benchmark import LABELS, STRUCTURE_OF_VALUE
 from covlight.config import read_status
-from covlight.data.canonical import INTENSITY_KINDS, LABELS
+from covlight.data.canonical import INTENSITY_KINDS
 from covlight.data.datamodule import image_preprocessing
 from covlight.errors import WORK_FAILED, CovlightError, DatasetError, report_error
 from covlight.methods.supervised import SupervisedSegmentation
@@ -51,7 +52,6 @@ from covlight.scans import (
 )
 
 DEFAULT_INTENSITY = {"volume": "hu", "dicom": "hu", "slice": "8bit"}
-STRUCTURE_OF_VALUE = {value: name for name, value in LABELS.items()}
 LUNG_VALUES = {LABELS["left_lung"], LABELS["right_lung"]}
 
 

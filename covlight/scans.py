@@ -14,7 +14,6 @@ and renamed when whole, so no half-written output looks complete.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image
 
+from covlight.atomic import replacing
 from covlight.data.canonical import INTENSITY_KINDS, read_dataset
 from covlight.data.importers.checks import to_0_255
 from covlight.data.importers.volumes import (
@@ -132,17 +132,15 @@ def write_output(scan: Scan, array: np.ndarray, path: Path) -> None:
     """Write a RAS+ array of the scan's canonical shape on the source's grid: a label map (uint8; PNG or NIfTI)
     or one probability map (float32; .npy or NIfTI), by the suffix of `path`."""
     array = nib.orientations.apply_orientation(array, nib.orientations.ornt_transform(RAS, scan.orientation))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
-    if scan.source.kind == "slice":
-        picture = np.ascontiguousarray(array[:, :, 0].T[::-1, ::-1])
-        if path.suffix == ".png":
-            Image.fromarray(picture.astype(np.uint8)).save(tmp)
+    with replacing(path) as tmp:
+        if scan.source.kind == "slice":
+            picture = np.ascontiguousarray(array[:, :, 0].T[::-1, ::-1])
+            if path.suffix == ".png":
+                Image.fromarray(picture.astype(np.uint8)).save(tmp)
+            else:
+                np.save(tmp, picture.astype(np.float32))
         else:
-            np.save(tmp, picture.astype(np.float32))
-    else:
-        _nifti_like(scan, np.ascontiguousarray(array)).to_filename(tmp)
-    os.replace(tmp, path)
+            _nifti_like(scan, np.ascontiguousarray(array)).to_filename(tmp)
 
 
 def _nifti_like(scan: Scan, array: np.ndarray) -> nib.spatialimages.SpatialImage:

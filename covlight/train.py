@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import uuid
 from pathlib import Path
 
@@ -14,9 +13,11 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from covlight.callbacks.scoring import METRICS_FILE, CaseScoring
+from covlight.benchmark import METRICS_FILE
+from covlight.callbacks.scoring import CaseScoring
 from covlight.config import check_combination, read_status, write_status
 from covlight.errors import ConfigError, CovlightError
+from covlight.metrics.results import summary_table
 
 log = logging.getLogger("covlight")
 
@@ -160,14 +161,6 @@ def _train_and_test(cfg: DictConfig, run_dir: Path) -> dict:
 
 def print_summary(summary: dict, run_dir: Path) -> None:
     from rich.console import Console
-    from rich.table import Table
 
-    for dataset, columns in summary.items():
-        table = Table(title=f"test on {dataset} ({run_dir})")
-        table.add_column("metric")
-        table.add_column("mean ± std", justify="right")
-        table.add_column("n (NaN)", justify="right")
-        for column, stats in columns.items():
-            value = "n/a" if math.isnan(stats["mean"]) else f"{stats['mean']:.4f} ± {stats['std']:.4f}"
-            table.add_row(column, value, f"{stats['n']} ({stats['nan']})")
-        Console().print(table)
+    for dataset, column_stats in summary.items():
+        Console().print(summary_table(column_stats, f"test on {dataset} ({run_dir})"))

@@ -64,13 +64,13 @@ def test_experiment_group_serves_the_demo_recipe():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["task=task1", "source=nsclc"], "task1 trains on COVID cases only"),
+        (["task=task1", "source=nsclc"], "task1 trains on COVID-19-CT-Seg only"),
         (["task=task2"], "needs a non-COVID source"),
-        (["task=task3", "source=structseg", "fold=5"], "folds 0..4"),
+        (["task=task3", "source=structseg", "fold=5"], r"official folds \[0, 1, 2, 3, 4\]"),
         (["task=task2", "source=nsclc", "fold=3"], "has one split and no folds"),
         (["task=task2", "source=nsclc", "subtask=lung_infection"], "partial-label loss"),
         (["task=task3", "source=msd", "subtask=lung_infection"], "task1's only"),
-        (["task=task2", "source=msd", "subtask=lung"], "no published MSD lung source"),
+        (["task=task2", "source=msd", "subtask=lung"], "no published lung training source for source='msd'"),
         (["model=unet2d", "model.patch_size=[64,64,8]"], "a 2D model uses z = 1"),
     ],
 )

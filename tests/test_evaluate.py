@@ -5,12 +5,15 @@ from __future__ import annotations
 import csv
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import surface_distance as sd
+from medpy.metric import binary as medpy_binary
 from scipy import ndimage
 
 from covlight.evaluate import main
@@ -264,3 +267,43 @@ def test_phantom_predictions_reproduce_reference_in_both_label_modes(tmp_path):
     assert run("--pred", tmp_path / "pred", "--gt", tmp_path / "gt", "--out", out, "--labels", "benchmark",
                "--workers", 1) == 0
     assert_matches(out, reference, [f"{n}.nii.gz" for n in sorted(names)], ALL)
+
+
+def test_hd95_and_assd_columns_match_medpy(folders):
+    """`--metrics dsc,nsd,hd95,assd` adds medpy's HD95 and ASSD per structure, after the benchmark's columns."""
+    out = folders / "distances.csv"
+    assert run("--pred", folders / "pred", "--gt", folders / "gt", "--out", out, "--workers", 1,
+               "--metrics", "assd,dsc,nsd,hd95") == 0
+    header, rows = read_csv(out)
+    assert header == ["Name", "L-lungDSC", "L-lung-1mm", "L-lungHD95", "L-lungASSD", "R-lungDSC", "R-lung-1mm",
+                      "R-lungHD95", "R-lungASSD", "LesionDSC", "LesionNSD-3mm", "LesionHD95", "LesionASSD"]
+    for row, case in zip(rows, SPACINGS, strict=True):
+        gt_nii = nib.load(folders / "gt" / f"{case}.nii.gz")
+        gt, spacing = np.asarray(gt_nii.dataobj), gt_nii.header.get_zooms()
+        pred = np.asarray(nib.load(folders / "pred" / f"{case}.nii.gz").dataobj)
+        for label, prefix in ((1, "L-lung"), (2, "R-lung"), (3, "Lesion")):
+            g, p = gt == label, pred == label
+            if not g.any() and not p.any():
+                assert row[f"{prefix}HD95"] == row[f"{prefix}ASSD"] == ""  # NaN, as DSC and NSD
+            elif not g.any() or not p.any():
+                assert row[f"{prefix}HD95"] == row[f"{prefix}ASSD"] == "inf"
+            else:
+                assert float(row[f"{prefix}HD95"]) == pytest.approx(medpy_binary.hd95(p, g, voxelspacing=spacing),
+                                                                    abs=1e-6)
+                assert float(row[f"{prefix}ASSD"]) == pytest.approx(medpy_binary.assd(p, g, voxelspacing=spacing),
+                                                                    abs=1e-6)
+    assert rows[1]["LesionHD95"] == "inf" and rows[2]["LesionHD95"] == ""
+
+
+def test_unknown_metric_is_refused(folders, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run("--pred", folders / "pred", "--gt", folders / "gt", "--metrics", "dsc,hd99")
+    assert exit_.value.code == 2 and "dsc,nsd,hd95,assd" in capsys.readouterr().err
+
+
+def test_evaluate_starts_without_torch():
+    """Scoring files needs no torch (3-4 s of every start): importing the command must not load it."""
+    code = "import sys, covlight.evaluate; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.stdout.strip() == "False"

@@ -17,7 +17,8 @@ from medpy.metric import binary as medpy_binary
 from scipy import ndimage
 from surface_distance import lookup_tables
 
-from covlight.metrics import STRUCTURES, assd, dice, hd95, normalized_surface_dice, score_case
+from covlight.benchmark import STRUCTURES
+from covlight.metrics import assd, dice, hd95, normalized_surface_dice, score_case
 from covlight.metrics.surfel_normals import NORMALS_EIGHTHS
 from covlight.metrics.surfels import surfel_area_table
 

@@ -55,7 +55,7 @@ def test_cip_chest_ct_lung_trains_and_scores(shared_data, tmp_path):
                          enable_progress_bar=False, callbacks=[scoring], num_sanity_val_steps=0)
     trainer.fit(module, datamodule=datamodule)
     trainer.test(module, datamodule=datamodule)
-    (row,) = scoring.rows
+    (row,) = scoring.results.rows
     assert row["Name"] == "cip_ct64"
     for column in ("L-lungDSC", "L-lung-1mm", "R-lungDSC", "R-lung-1mm"):
         assert 0.0 <= row[column] <= 1.0 and not math.isnan(row[column])
@@ -89,5 +89,5 @@ def test_png_slices_import_and_train(shared_data, tmp_path):
                          enable_progress_bar=False, callbacks=[scoring], num_sanity_val_steps=0)
     trainer.fit(module, datamodule=datamodule)
     trainer.test(module, datamodule=datamodule)
-    assert [row["Name"] for row in scoring.rows] == cases[80:82]
-    assert all(0.0 <= row["L-lungDSC"] <= 1.0 for row in scoring.rows)
+    assert [row["Name"] for row in scoring.results.rows] == cases[80:82]
+    assert all(0.0 <= row["L-lungDSC"] <= 1.0 for row in scoring.results.rows)

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from covlight.data.splits import (
+from covlight.benchmark import (
+    COVID,
     COVID_CASES,
     MOSMED,
     MOSMED_CASES,
@@ -16,14 +17,10 @@ from covlight.data.splits import (
     TASKS,
     TWINS,
     VARIANTS,
-    Split,
-    load_split_file,
-    official_split,
-    split_file_path,
 )
+from covlight.data.splits import Split, load_split_file, official_split, split_file_path
 from covlight.errors import ConfigError
 
-COVID = "covid19_ct_seg"
 T1 = load_split_file("Task1_COVID_datasplit.json")
 T1_80 = load_split_file("Task1_COVID_82_datasplit.json")
 # (source, subtask) -> (task2 file, task3 file, dataset); msd lung has no task2 row and reuses MSD's lists.

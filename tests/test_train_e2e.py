@@ -169,6 +169,6 @@ def test_sweep_goes_on_after_a_failed_job_and_says_why(phantom_root, tmp_path):
     (summary_file,) = (tmp_path / "sweeps").glob("*.summary.json")
     summary = json.loads(summary_file.read_text())
     (failed,) = summary["failed"]
-    assert "fold=7" in failed["overrides"] and "folds 0..4" in failed["error"]
+    assert "fold=7" in failed["overrides"] and "official folds [0, 1, 2, 3, 4]" in failed["error"]
     (finished,) = summary["finished"]
     assert "fold0-seed0" in finished and (Path(finished) / "metrics.csv").is_file()

@@ -1,65 +1,26 @@
 """Whole-case scoring at test time: DSC and NSD per case on the prediction's device, one row per case.
 
-Rows of all ranks are gathered before anything is averaged or written, so under DDP every case counts once.
-`metrics.csv` is written whole (temporary name, then rename) and only by rank 0.
+Rows of all ranks are gathered before anything is averaged or written (covlight.metrics.results), so under DDP
+every case counts once. `metrics.csv` is written whole (temporary name, then rename) and only by rank 0.
 """
 
 from __future__ import annotations
 
-import csv
 import math
-import os
 from pathlib import Path
 
 import lightning.pytorch as pl
 import nibabel as nib
 import numpy as np
 import torch
-import torch.distributed as dist
 from lightning.pytorch.loggers import WandbLogger
 
+from covlight.benchmark import LABELS, METRICS_FILE, columns, structure_metric
 from covlight.callbacks.overlays import save_overlay
-from covlight.data.canonical import LABELS, read_nifti, save_nifti
+from covlight.data.canonical import read_nifti, save_nifti
 from covlight.errors import ConfigError, DatasetError
-from covlight.metrics import STRUCTURES, score_case
-
-METRICS_FILE = "metrics.csv"
-
-
-def metric_columns(structures) -> list[str]:
-    """The evaluator's columns for the given structures, in the benchmark's order."""
-    columns = []
-    for name, structure in STRUCTURES.items():
-        if name in structures:
-            columns += [structure.dsc_column, structure.nsd_column]
-    return columns
-
-
-def summarise(rows: list[dict], columns: list[str]) -> dict[str, dict[str, float]]:
-    """Per test set and column: mean and std over cases ignoring NaN, and how many were NaN."""
-    summary: dict[str, dict[str, float]] = {}
-    for dataset in sorted({row["dataset"] for row in rows}):
-        values = {c: [row[c] for row in rows if row["dataset"] == dataset] for c in columns}
-        for column, column_values in values.items():
-            finite = [v for v in column_values if not math.isnan(v)]
-            summary.setdefault(dataset, {})[column] = {
-                "mean": float(np.mean(finite)) if finite else math.nan,
-                "std": float(np.std(finite)) if finite else math.nan,
-                "n": len(finite),
-                "nan": len(column_values) - len(finite),
-            }
-    return summary
-
-
-def write_rows_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    """Write the per-case CSV under a temporary name and rename it when whole."""
-    tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["Name", "dataset", *columns], extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
-    os.replace(tmp, path)
+from covlight.metrics import score_case
+from covlight.metrics.results import CaseResults
 
 
 def load_truth(label_path: str, device: torch.device) -> tuple[torch.Tensor, tuple[float, ...]]:
@@ -82,19 +43,9 @@ def score_against_truth(prediction: torch.Tensor, label_path: str, structures, a
             f"{label_path}: shape {tuple(truth.shape)} differs from the prediction's {tuple(prediction.shape)}; "
             "the case's geometry changed since the dataset was imported."
         )
-    scores = {c: math.nan for c in metric_columns(structures)}
+    scores = {c: math.nan for c in columns(structures)}
     scores.update(score_case(prediction, truth, spacing, structures=[s for s in structures if s in annotated]))
     return scores
-
-
-def gather_rows(rows: list[dict]) -> list[dict]:
-    """Rows of every rank, each case once (a distributed sampler may repeat a case to even out the ranks)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        gathered: list[list[dict]] = [None] * dist.get_world_size()  # type: ignore[list-item]
-        dist.all_gather_object(gathered, rows)
-        rows = [row for part in gathered for row in part]
-    unique = {(row["dataset"], row["Name"]): row for row in rows}
-    return [unique[key] for key in sorted(unique)]
 
 
 class CaseScoring(pl.Callback):
@@ -107,12 +58,12 @@ class CaseScoring(pl.Callback):
         self.label_values = list(label_values)
         self.save_predictions = save_predictions
         self.overlay_cases = overlay_cases
-        self.rows: list[dict] = []
+        self.results = CaseResults(columns(self.structures))
         self.overlays: list[Path] = []
         self.summary: dict = {}
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.rows, self.overlays = [], []
+        self.results, self.overlays = CaseResults(columns(self.structures)), []
         path = self.output_dir / METRICS_FILE
         if path.exists():
             raise ConfigError(f"{path} exists: a finished test is never overwritten; start a new run.")
@@ -121,7 +72,7 @@ class CaseScoring(pl.Callback):
         prediction = outputs["prediction"]
         row = {"Name": batch["case_id"], "dataset": batch["dataset"]}
         row.update(score_against_truth(prediction, batch["label_path"], self.structures, batch["annotated"]))
-        self.rows.append(row)
+        self.results.append(row)
         if trainer.is_global_zero and len(self.overlays) < self.overlay_cases:
             self.overlays.append(self._overlay(batch, prediction))
         if self.save_predictions:
@@ -130,21 +81,19 @@ class CaseScoring(pl.Callback):
             save_nifti(target, prediction.to("cpu", torch.uint8).numpy(), image_affine)
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        rows = gather_rows(self.rows)
-        columns = metric_columns(self.structures)
-        self.rows = rows
-        self.summary = summarise(rows, columns)
+        self.results = self.results.gathered()
+        self.summary = self.results.summary()
         for dataset, per_column in self.summary.items():
             for column, stats in per_column.items():
                 structure, metric = structure_metric(column)
                 pl_module.log(f"test/{dataset}/{structure}/{metric}", stats["mean"], rank_zero_only=True)
         if trainer.is_global_zero:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            write_rows_csv(self.output_dir / METRICS_FILE, rows, columns)
+            self.results.write(self.output_dir / METRICS_FILE)
+            header = [*self.results.keys, *self.results.columns]
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):
-                    logger.log_table(key="test/cases", columns=["Name", "dataset", *columns],
-                                     data=[[row[c] for c in ["Name", "dataset", *columns]] for row in rows])
+                    logger.log_table(key="test/cases", columns=header,
+                                     data=[[row[c] for c in header] for row in self.results.rows])
                     if self.overlays:
                         logger.log_image(key="test/overlays", images=[str(p) for p in self.overlays],
                                          caption=[p.stem for p in self.overlays])
@@ -156,11 +105,3 @@ class CaseScoring(pl.Callback):
         return save_overlay(image, truth, prediction.cpu().numpy(), path, f"{batch['dataset']} / {batch['case_id']}",
                             label_values=[v for v in self.label_values if v])
 
-
-def structure_metric(column: str) -> tuple[str, str]:
-    for name, structure in STRUCTURES.items():
-        if column == structure.dsc_column:
-            return name, "dsc"
-        if column == structure.nsd_column:
-            return name, "nsd"
-    raise KeyError(column)

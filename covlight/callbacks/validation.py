@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 
-from covlight.callbacks.scoring import (
-    gather_rows,
-    metric_columns,
-    score_against_truth,
-    structure_metric,
-    summarise,
-)
+from covlight.benchmark import columns, structure_metric
+from covlight.callbacks.scoring import score_against_truth
 from covlight.data.datamodule import WholeCaseDataset
+from covlight.metrics.results import CaseResults
 
 
 class WholeCaseValidation(pl.Callback):
@@ -30,15 +26,15 @@ class WholeCaseValidation(pl.Callback):
         datamodule = trainer.datamodule
         cases = WholeCaseDataset(datamodule.records["val"] or datamodule.records["train"],
                                  datamodule.preprocessing(with_label=False))
-        rows = []
+        results = CaseResults(columns(self.structures))
         for index in range(trainer.global_rank, len(cases), trainer.world_size):
             case = cases[index]
             probabilities = pl_module.predict_volume(case["image"].to(pl_module.device))
             prediction = pl_module.labels_on_grid(probabilities, case["original_shape"].tolist())
-            rows.append({"Name": case["case_id"], "dataset": case["dataset"],
-                         **score_against_truth(prediction, case["label_path"], self.structures, case["annotated"])})
-        summary = summarise(gather_rows(rows), metric_columns(self.structures))
-        for dataset, columns in summary.items():
-            for column, stats in columns.items():
+            results.append({"Name": case["case_id"], "dataset": case["dataset"],
+                            **score_against_truth(prediction, case["label_path"], self.structures,
+                                                  case["annotated"])})
+        for dataset, per_column in results.gathered().summary().items():
+            for column, stats in per_column.items():
                 structure, metric = structure_metric(column)
                 pl_module.log(f"val_cases/{dataset}/{structure}/{metric}", stats["mean"])

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from covlight.atomic import replacing, write_json
+from covlight.benchmark import LABELS
 from covlight.errors import DatasetError
 
 FORMAT_VERSION = 1
-LABELS = {"background": 0, "left_lung": 1, "right_lung": 2, "infection": 3}
 INTENSITY_KINDS = ("hu", "window_0_255", "8bit")
 HU_WINDOW = (-1250.0, 250.0)
 
@@ -49,21 +49,10 @@ def sha256_of(path: Path) -> str:
 
 def save_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
     """Write a NIfTI file under a temporary name and rename it when whole, so no half-file looks complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
     image = nib.Nifti1Image(array, affine)
     image.header.set_xyzt_units("mm")
-    nib.save(image, tmp)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
-    tmp.write_text(json.dumps(payload, indent=1, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        nib.save(image, tmp)
 
 
 def write_case(
@@ -109,7 +98,7 @@ def write_dataset_json(root: Path, name: str, cases: dict, annotated: list[str],
         "cases": cases,
     }
     path = Path(root) / "dataset.json"
-    write_json_atomic(path, payload)
+    write_json(path, payload)
     return path
 
 

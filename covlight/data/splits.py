@@ -24,74 +24,23 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING
 
-from covlight.errors import ConfigError
+from covlight.benchmark import (
+    COVID,
+    COVID_CASES,
+    MOSMED,
+    MOSMED_CASES,
+    MOSMED_SUBTASKS,
+    SOURCES,
+    SPLIT_FILES,
+    TASK1_80_FILE,
+    TASK1_FILE,
+    TWINS,
+    check_combination,
+    source_splits,
+)
 
 if TYPE_CHECKING:  # importlib.resources.abc is Python >= 3.11; the package supports 3.10
     from importlib.resources.abc import Traversable
-
-COVID = "covid19_ct_seg"
-COVID_CASES: tuple[str, ...] = (
-    "coronacases_001",
-    "coronacases_002",
-    "coronacases_003",
-    "coronacases_004",
-    "coronacases_005",
-    "coronacases_006",
-    "coronacases_007",
-    "coronacases_008",
-    "coronacases_009",
-    "coronacases_010",
-    "radiopaedia_10_85902_1",
-    "radiopaedia_10_85902_3",
-    "radiopaedia_14_85914_0",
-    "radiopaedia_27_86410_0",
-    "radiopaedia_29_86490_1",
-    "radiopaedia_29_86491_1",
-    "radiopaedia_36_86526_0",
-    "radiopaedia_40_86625_0",
-    "radiopaedia_4_85506_1",
-    "radiopaedia_7_85703_0",
-)
-# Two scans of one patient: official folds 2 and 4 put one in training and the other in the test set.
-# MosMedData COVID19_1110: the 50 CT-1 studies with infection masks, a test set of every infection model.
-MOSMED = "mosmed"
-MOSMED_CASES: tuple[str, ...] = tuple(f"study_{n:04d}" for n in range(255, 305))
-TWINS: tuple[str, str] = ("radiopaedia_10_85902_1", "radiopaedia_10_85902_3")
-
-TASKS = ("task1", "task2", "task3")
-SUBTASKS = ("lung", "infection", "lung_infection")
-SOURCES = ("structseg", "nsclc", "msd", "all")
-VARIANTS = ("official", "grouped", "train80", "train80_grouped")
-FOLDS = (0, 1, 2, 3, 4)
-
-TASK1_FILE = "Task1_COVID_datasplit.json"
-TASK1_80_FILE = "Task1_COVID_82_datasplit.json"
-# (source, subtask) -> (task2 split file, dataset name). Task3 file 30x is task2 file 20x + the COVID cases.
-SOURCE_SPLITS: dict[tuple[str, str], tuple[str, str]] = {
-    ("structseg", "lung"): ("Task200_StructSegLung_datasplit.json", "structseg_lung"),
-    ("nsclc", "lung"): ("Task201_NSCLCLung_datasplit.json", "nsclc_lung"),
-    ("msd", "infection"): ("Task202_MSD_LungTumor_datasplit.json", "msd_lung_tumour"),
-    ("structseg", "infection"): ("Task203_StructSegTumor_datasplit.json", "structseg_gtv"),
-    ("nsclc", "infection"): ("Task204_NSCLCPE_datasplit.json", "nsclc_effusion"),
-}
-# MSD lung masks were released after the paper's task2; task3 trains on them with Task302's (= Task202's) lists.
-TASK3_ONLY_SPLITS: dict[tuple[str, str], tuple[str, str]] = {
-    ("msd", "lung"): ("Task202_MSD_LungTumor_datasplit.json", "msd_lung"),
-}
-SPLIT_FILES: tuple[str, ...] = (
-    TASK1_FILE,
-    TASK1_80_FILE,
-    "Task200_StructSegLung_datasplit.json",
-    "Task201_NSCLCLung_datasplit.json",
-    "Task202_MSD_LungTumor_datasplit.json",
-    "Task203_StructSegTumor_datasplit.json",
-    "Task204_NSCLCPE_datasplit.json",
-    "Task300_StructSegLung_datasplit.json",
-    "Task301_NSCLCLung_datasplit.json",
-    "Task302_MSD_LungTumor_datasplit.json",
-    "Task303_StructSegTumor_datasplit.json",
-    "Task304_NSCLCPE_datasplit.json",
-)
 
 
 @dataclass(frozen=True)
@@ -139,30 +88,10 @@ def official_split(
       (`Task1_COVID_82_datasplit.json`: the same folds with train and test swapped, 16 train / 4 test).
     Task2 trains on no COVID case, so "official" and "grouped" are the same there.
     """
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    if subtask not in SUBTASKS:
-        raise ConfigError(f"unknown subtask {subtask!r}; choose one of {', '.join(SUBTASKS)}")
-    if variant not in VARIANTS:
-        raise ConfigError(f"unknown split variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    check_combination(task, subtask, fold, source, variant)
     if task == "task1":
-        if source is not None:
-            raise ConfigError(f"task1 trains on COVID-19-CT-Seg only: source must be None, got {source!r}")
         train, test, warnings = _covid_fold(task, fold, variant)
         return Split(train={COVID: train}, val={}, test={COVID: test} | _mosmed(subtask), warnings=warnings)
-
-    if subtask == "lung_infection":
-        raise ConfigError(
-            f"subtask 'lung_infection' is task1's only ({task} asked): the {task} sources annotate either lungs "
-            "or lesions, and one model for all three labels on them would need a partial-label loss. "
-            "Use subtask=lung or subtask=infection."
-        )
-    if variant.startswith("train80"):
-        raise ConfigError(
-            f"variant {variant!r} is task1's 80% training variant; {task} takes 'official' or 'grouped'"
-        )
-    if task == "task2" and fold not in (None, 0):
-        raise ConfigError(f"task2 has one split per source (no folds): fold must be None (or 0), got {fold!r}")
     source_lists = _source_lists(task, subtask, source)
     train = {dataset: lists["train"] for dataset, lists in source_lists.items()}
     val = {dataset: lists["val"] for dataset, lists in source_lists.items()}
@@ -175,22 +104,12 @@ def official_split(
 
 def _mosmed(subtask: str) -> dict[str, list[str]]:
     """MosMed (infection only) is a test set of every model that segments infection."""
-    return {MOSMED: list(MOSMED_CASES)} if subtask in ("infection", "lung_infection") else {}
+    return {MOSMED: list(MOSMED_CASES)} if subtask in MOSMED_SUBTASKS else {}
 
 
-def _source_lists(task: str, subtask: str, source: str | None) -> dict[str, dict[str, list[str]]]:
+def _source_lists(task: str, subtask: str, source: str) -> dict[str, dict[str, list[str]]]:
     """dataset name -> {"train": [...], "val": [...]} of the task2 split file(s) of `source`."""
-    if source not in SOURCES:
-        raise ConfigError(
-            f"{task} needs a training source: source must be one of {', '.join(SOURCES)}, got {source!r}"
-        )
-    files = (SOURCE_SPLITS | TASK3_ONLY_SPLITS) if task == "task3" else SOURCE_SPLITS
-    if source != "all" and (source, subtask) not in files:
-        raise ConfigError(
-            f"no published {subtask} training source for source={source!r} in {task}: MSD's lung masks were "
-            "released after the paper's task2 (its Task2-MSD lung rows are '-'); use source=structseg or "
-            "source=nsclc, or task3, which trains on the MSD lung masks with Task302's case lists"
-        )
+    files = source_splits(task)
     chosen = [key for key in files if key[1] == subtask and source in (key[0], "all")]
     lists = {}
     for key in sorted(chosen, key=lambda key: SOURCES.index(key[0])):
@@ -201,10 +120,6 @@ def _source_lists(task: str, subtask: str, source: str | None) -> dict[str, dict
 
 def _covid_fold(task: str, fold: int | None, variant: str) -> tuple[list[str], list[str], tuple[str, ...]]:
     """(train, test, warnings) of COVID-19-CT-Seg fold `fold` under `variant` (see `official_split`)."""
-    if isinstance(fold, bool) or not isinstance(fold, int) or fold not in FOLDS:
-        raise ConfigError(
-            f"{task} has the official folds {list(FOLDS)}: fold must be one of them, got {fold!r}"
-        )
     entry = load_split_file(TASK1_80_FILE if variant.startswith("train80") else TASK1_FILE)[fold]
     train, test = entry["train"], entry["val"]
     train_twins = [case for case in TWINS if case in train]

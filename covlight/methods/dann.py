@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from covlight.benchmark import COVID
 from covlight.methods.consistency import dann_lambda, grad_reverse
 from covlight.methods.semi import SemiSupervisedSegmentation
 
@@ -29,7 +30,7 @@ class DomainAdversarial(SemiSupervisedSegmentation):
     """
 
     def __init__(self, net: nn.Module, *, gamma: float = 10.0,
-                 target_datasets: Sequence[str] = ("covid19_ct_seg",), **kwargs):
+                 target_datasets: Sequence[str] = (COVID,), **kwargs):
         super().__init__(net, **kwargs)
         self.gamma = gamma
         self.target_datasets = frozenset(target_datasets)

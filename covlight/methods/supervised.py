@@ -13,11 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from covlight.data.canonical import LABELS
+from covlight.benchmark import STRUCTURE_OF_VALUE
 from covlight.inference import sliding_window_predict
 from covlight.methods.losses import DiceCELoss, deep_supervision_loss
-
-STRUCTURE_OF_VALUE = {value: name for name, value in LABELS.items()}
 
 
 class SupervisedSegmentation(pl.LightningModule):

@@ -1,13 +1,15 @@
 """The few array operations that differ between numpy and torch, so each algorithm is written once.
 
 Numpy arrays are scored with numpy (fastest on a CPU); torch tensors with torch on their own device, so a
-prediction on a GPU is scored there without copying the volume to the host.
+prediction on a GPU is scored there without copying the volume to the host. Torch is imported only when a
+tensor is scored, so scoring files (covlight.evaluate) starts without it.
 """
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
-import torch
 
 
 class NumpyOps:
@@ -45,40 +47,16 @@ class NumpyOps:
         return array
 
 
-class TorchOps:
-    @staticmethod
-    def zeros_uint8(shape, like: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(tuple(shape), dtype=torch.uint8, device=like.device)
-
-    @staticmethod
-    def zeros_bool(size: int, like: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(size, dtype=torch.bool, device=like.device)
-
-    @staticmethod
-    def concatenate(arrays: list[torch.Tensor]) -> torch.Tensor:
-        return torch.cat(arrays)
-
-    @staticmethod
-    def any(mask: torch.Tensor, axis: tuple[int, ...]) -> torch.Tensor:
-        # the max of the bytes: torch's `any` over several dims is several times slower on a CPU
-        return mask.view(torch.uint8).amax(dim=axis) > 0
-
-    @staticmethod
-    def count(mask: torch.Tensor) -> int:
-        return int(torch.count_nonzero(mask))
-
-    @staticmethod
-    def flatnonzero(mask: torch.Tensor) -> torch.Tensor:
-        return torch.nonzero(mask.reshape(-1)).flatten()
-
-    @staticmethod
-    def bincount(codes: torch.Tensor) -> np.ndarray:
-        return torch.bincount(codes, minlength=256).cpu().numpy()
-
-    @staticmethod
-    def to_numpy(array: torch.Tensor) -> np.ndarray:
-        return array.cpu().numpy()
+def is_tensor(array) -> bool:
+    """Whether `array` is a torch tensor. Torch is never imported here: where it is not loaded, no tensor exists."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(array, torch.Tensor)
 
 
-def ops_for(array) -> type[NumpyOps] | type[TorchOps]:
-    return TorchOps if isinstance(array, torch.Tensor) else NumpyOps
+def ops_for(array) -> type:
+    """The operations for `array`: NumpyOps, or TorchOps (importing torch) for a tensor."""
+    if is_tensor(array):
+        from covlight.metrics.torch_backend import TorchOps
+
+        return TorchOps
+    return NumpyOps

@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
-from covlight.metrics.backend import ops_for
+from covlight.metrics.backend import is_tensor, ops_for
 
 
 def as_masks(pred, gt):
@@ -15,9 +14,11 @@ def as_masks(pred, gt):
 
     Anything non-zero is foreground. A numpy array paired with a tensor is moved to the tensor's device.
     """
-    if isinstance(pred, torch.Tensor) or isinstance(gt, torch.Tensor):
-        device = (gt if isinstance(gt, torch.Tensor) else pred).device
-        pred, gt = (a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a)) for a in (pred, gt))
+    if is_tensor(pred) or is_tensor(gt):
+        import torch
+
+        device = (gt if is_tensor(gt) else pred).device
+        pred, gt = (a if is_tensor(a) else torch.from_numpy(np.ascontiguousarray(a)) for a in (pred, gt))
         pred, gt = pred.to(device), gt.to(device)
     else:
         pred, gt = np.asarray(pred), np.asarray(gt)
@@ -30,8 +31,11 @@ def as_masks(pred, gt):
 
 
 def _as_bool(array):
-    is_bool = array.dtype == (torch.bool if isinstance(array, torch.Tensor) else np.bool_)
-    return array if is_bool else array != 0
+    if is_tensor(array):
+        import torch
+
+        return array if array.dtype == torch.bool else array != 0
+    return array if array.dtype == np.bool_ else array != 0
 
 
 def as_spacing(spacing_mm, ndim: int) -> tuple[float, ...]:

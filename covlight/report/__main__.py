@@ -23,8 +23,9 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from covlight.benchmark import STRUCTURES
 from covlight.errors import report_error
-from covlight.metrics import STRUCTURES
+from covlight.metrics.results import write_csv
 from covlight.report.collect import Collection, collect, setting_label
 from covlight.report.plots import draw_boxplots
 from covlight.report.tables import (
@@ -35,7 +36,6 @@ from covlight.report.tables import (
     case_rows,
     dataset_label,
     report_markdown,
-    write_table,
 )
 
 PROG = "covlight.report"
@@ -85,9 +85,9 @@ def write_report(out: Path, collection: Collection, summary: list[dict], per_fol
     partial = out.parent / f".partial-{out.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     partial.mkdir()  # not tempfile.mkdtemp: its 0700 mode would become the report folder's
     try:
-        write_table(partial / "summary.csv", summary, SUMMARY_COLUMNS)
-        write_table(partial / "per_fold.csv", per_fold, PER_FOLD_COLUMNS)
-        write_table(partial / "cases.csv", case_rows(collection.runs), CASE_COLUMNS)
+        write_csv(partial / "summary.csv", summary, SUMMARY_COLUMNS)
+        write_csv(partial / "per_fold.csv", per_fold, PER_FOLD_COLUMNS)
+        write_csv(partial / "cases.csv", case_rows(collection.runs), CASE_COLUMNS)
         for metric, file in PLOTS.items():
             draw_boxplots(collection.runs, metric, partial / file)
         titles = {f"Per-case {metric.upper()}": file for metric, file in PLOTS.items()}

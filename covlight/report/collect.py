@@ -9,7 +9,6 @@ missing.
 
 from __future__ import annotations
 
-import csv
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -18,14 +17,13 @@ from pathlib import Path
 
 import yaml
 
+from covlight.benchmark import FOLDS, METRICS_FILE, TASKS_WITH_FOLDS
 from covlight.config import STATUS_FILE, read_status
-from covlight.metrics import STRUCTURES
+from covlight.metrics.results import CaseResults
 
-METRICS_FILE = "metrics.csv"
 CONFIG_FILE = "config.yaml"
-METRIC_COLUMNS = tuple(column for s in STRUCTURES.values() for column in (s.dsc_column, s.nsd_column))
 # Folds per task when a run folder has no config.yaml to say so (the official 5 folds; task2 has one split).
-DEFAULT_NUM_FOLDS = {"task1": 5, "task3": 5}
+DEFAULT_NUM_FOLDS = {task: len(FOLDS) for task in TASKS_WITH_FOLDS}
 
 
 @dataclass(frozen=True)
@@ -95,8 +93,8 @@ def read_run(path: Path) -> Run | Skipped:
     if not (path / METRICS_FILE).is_file():
         return Skipped(path, f"finished but no {METRICS_FILE}")
     try:
-        cases = read_metrics(path / METRICS_FILE)
-    except (OSError, ValueError, KeyError) as error:
+        cases = CaseResults.read(path / METRICS_FILE).rows
+    except (OSError, ValueError) as error:
         return Skipped(path, f"unreadable {METRICS_FILE}: {error}")
     if not cases:
         return Skipped(path, f"{METRICS_FILE} has no case rows")
@@ -118,18 +116,6 @@ def read_run(path: Path) -> Run | Skipped:
         num_folds=num_folds,
         cases=tuple(cases),
     )
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """metrics.csv rows with the metric columns as floats ('nan' stays NaN; unknown columns are dropped)."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    cases = []
-    for row in rows:
-        case = {"Name": row["Name"], "dataset": row["dataset"]}
-        case.update({c: float(row[c]) for c in METRIC_COLUMNS if row.get(c) not in (None, "")})
-        cases.append(case)
-    return cases
 
 
 def read_task_config(path: Path) -> dict:

@@ -11,7 +11,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from covlight.metrics import STRUCTURES
+from covlight.benchmark import STRUCTURES
 from covlight.report.collect import Run, setting_label
 from covlight.report.tables import METRICS, STRUCTURE_LABELS, benchmark_order, dataset_label, published
 
@@ -24,7 +24,7 @@ def per_case_values(runs: list[Run], metric: str) -> dict[tuple, dict[str, dict[
     for run in sorted(runs, key=lambda run: benchmark_order(run.method, None, "")):
         for case in run.cases:
             for structure, spec in STRUCTURES.items():
-                value = case.get(spec.dsc_column if metric == "dsc" else spec.nsd_column, math.nan)
+                value = case.get(spec.column(metric), math.nan)
                 per_method = values[(run.setting, case["dataset"])][structure].setdefault(run.name, [])
                 if not math.isnan(value):
                     per_method.append(100 * value)

@@ -1,6 +1,6 @@
 """Per-case results aggregated into the benchmark's tables, beside the published nnU-Net baselines.
 
-Each number is mean ± std in % over test cases (population std, as `covlight.callbacks.scoring` and the
+Each number is mean ± std in % over test cases (`covlight.metrics.results.stats`: population std, as the
 benchmark's summaries), NaN cases left out and counted. "Pooled" is over every case of every fold and seed of
 a method; "per fold" over the cases of one fold (all its seeds). A structure that no case of a test set scores
 (all NaN, e.g. the lungs on MosMed, whose truth annotates infection only) is left out of that set's table.
@@ -10,20 +10,16 @@ metric).
 
 from __future__ import annotations
 
-import csv
 import math
 from collections import defaultdict
 from functools import cache
-from pathlib import Path
 
-import numpy as np
-
-from covlight.data.splits import COVID, SOURCE_SPLITS, TASK3_ONLY_SPLITS
-from covlight.metrics import STRUCTURES
+from covlight.benchmark import COVID, MOSMED, STRUCTURES, SUBTASKS, TASKS, source_splits
+from covlight.benchmark import columns as metric_columns
+from covlight.metrics.results import stats
 from covlight.report.baselines import published_table
-from covlight.report.collect import METRIC_COLUMNS, Collection, Run, setting_label
+from covlight.report.collect import Collection, Run, setting_label
 
-MOSMED = "mosmed"
 IN_DOMAIN = "in-domain"  # the training source's own held-out cases (task2/task3), e.g. structseg_lung
 METRICS = {"dsc": "DSC", "nsd": "NSD"}  # ours -> the published files' name
 BASELINES = {"2D": "2D U-Net (nnU-Net)", "3D": "3D U-Net (nnU-Net)"}  # column key -> published `model`
@@ -76,7 +72,7 @@ EVAL_SETS: dict[tuple[str, str, str], tuple[str | None, str | None]] = {
     ("task3", "official", IN_DOMAIN): (None, "validation"),
 }
 
-SUBTASK_ORDER = ("lung", "infection", "lung_infection")
+SUBTASK_ORDER = tuple(SUBTASKS)
 STRUCTURE_LABELS = {"left_lung": "Left lung", "right_lung": "Right lung", "infection": "Infection"}
 DATASET_LABELS = {COVID: "COVID-19-CT-Seg", MOSMED: "MosMed"}
 IDENTITY_COLUMNS = ["task", "source", "subtask", "variant", "name"]
@@ -85,7 +81,7 @@ BASELINE_COLUMNS = [f"{kind}_{dims.lower()}{suffix}" for dims in BASELINES
                     for kind, suffix in (("published", "_mean"), ("published", "_std"), ("diff", ""))]
 SUMMARY_COLUMNS = [*IDENTITY_COLUMNS, *STAT_COLUMNS, "folds", "runs", *BASELINE_COLUMNS]
 PER_FOLD_COLUMNS = [*IDENTITY_COLUMNS, "fold", *STAT_COLUMNS, "seeds", "runs", *BASELINE_COLUMNS]
-CASE_COLUMNS = [*IDENTITY_COLUMNS, "model", "fold", "seed", "run", "Name", "dataset", *METRIC_COLUMNS]
+CASE_COLUMNS = [*IDENTITY_COLUMNS, "model", "fold", "seed", "run", "Name", "dataset", *metric_columns(STRUCTURES)]
 
 
 # ------------------------------------------------------------------------------------------ published
@@ -101,7 +97,7 @@ def eval_kind(dataset: str, source: str | None, subtask: str) -> str | None:
     """COVID, MOSMED, IN_DOMAIN (the source's held-out set for this subtask) or None (no published set)."""
     if dataset in (COVID, MOSMED):
         return dataset
-    in_domain = (SOURCE_SPLITS | TASK3_ONLY_SPLITS).get((source, subtask))
+    in_domain = source_splits("task3").get((source, subtask))
     return IN_DOMAIN if in_domain is not None and dataset == in_domain[1] else None
 
 
@@ -132,15 +128,10 @@ def published(dims: str, setting: tuple, dataset: str, structure: str, metric: s
 
 
 # ------------------------------------------------------------------------------------------ aggregation
-def case_stats(values: list[float]) -> dict:
-    """mean and std in % of the non-NaN values, their count n, and the NaN count."""
-    finite = [value for value in values if not math.isnan(value)]
-    return {
-        "mean": 100 * float(np.mean(finite)) if finite else math.nan,
-        "std": 100 * float(np.std(finite)) if finite else math.nan,
-        "n": len(finite),
-        "nan": len(values) - len(finite),
-    }
+def percent_stats(values: list[float]) -> dict:
+    """`covlight.metrics.results.stats` with mean and std in %."""
+    summary = stats(values)
+    return summary | {"mean": 100 * summary["mean"], "std": 100 * summary["std"]}
 
 
 def aggregate(runs: list[Run], per_fold: bool = False) -> list[dict]:
@@ -156,13 +147,11 @@ def aggregate(runs: list[Run], per_fold: bool = False) -> list[dict]:
             "fold": fold, "dataset": dataset, "runs": len(used),
             "folds": _join({run.fold for run in used}), "seeds": _join({run.seed for run in used})}
         for structure, spec in STRUCTURES.items():
-            columns = {"dsc": spec.dsc_column, "nsd": spec.nsd_column}
-            values = {metric: [case.get(column, math.nan) for _, case in items]
-                      for metric, column in columns.items()}
+            values = {metric: [case.get(spec.column(metric), math.nan) for _, case in items] for metric in METRICS}
             if all(math.isnan(value) for metric_values in values.values() for value in metric_values):
                 continue
             for metric, metric_values in values.items():
-                row = about | {"structure": structure, "metric": metric} | case_stats(metric_values)
+                row = about | {"structure": structure, "metric": metric} | percent_stats(metric_values)
                 for dims in BASELINES:
                     mean, std = published(dims, method[:4], dataset, structure, metric, fold, not per_fold)
                     diff = None if mean is None or math.isnan(row["mean"]) else row["mean"] - mean
@@ -195,21 +184,8 @@ def benchmark_order(method: tuple, fold: int | None, dataset: str) -> tuple:
     return task, source or "", subtask_rank, subtask, variant, dataset_rank, fold_rank, name
 
 
-# ------------------------------------------------------------------------------------------ writers
-def write_table(path: Path, rows: list[dict], columns: list[str]) -> None:
-    """Rows as CSV: floats at full precision ('nan' for NaN), absent values as empty cells."""
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({column: "" if row.get(column) is None else row[column] for column in columns})
-
-
-BENCHMARK_TASKS = ("task1", "task2", "task3")
-
-
 def dataset_label(dataset: str, task: str) -> str:
-    if task not in BENCHMARK_TASKS:  # a custom task: its folds' held-out cases
+    if task not in TASKS:  # a custom task: its folds' held-out cases
         return f"{dataset} (cross-validation held-out)"
     return DATASET_LABELS.get(dataset, f"{dataset} (in-domain held-out)")
 
@@ -251,7 +227,7 @@ def _fold_lines(rows: list[dict], cells: list[tuple], digits: int, per_fold: boo
         folds = any_row["folds"].replace(";", ", ") or "–"
         meta = [any_row["seeds"]] if per_fold else [folds, str(any_row["runs"])]
         lines.append(_line([*lead, name, *meta, str(cases)], [_ours(row_of.get(c), digits) for c in cells]))
-    if rows[0]["task"] not in BENCHMARK_TASKS:
+    if rows[0]["task"] not in TASKS:
         return lines  # a custom task: nothing was published for it
     for dims in BASELINES if not per_fold else ("3D",):
         key = dims.lower()

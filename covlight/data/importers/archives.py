@@ -17,6 +17,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from covlight.atomic import replacing
 from covlight.errors import DatasetError
 
 ZIP_SUFFIXES = (".zip",)
@@ -229,11 +230,8 @@ class SourceTree:
             return
         if not target.resolve().is_relative_to(self._extracted.resolve()):  # names are checked; belt and braces
             raise DatasetError(f"{self.path}: member {target} escapes the extraction folder; archive not used.")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".partial-{target.name}")
-        with opener() as source, open(partial, "wb") as sink:
+        with replacing(target) as partial, opener() as source, open(partial, "wb") as sink:
             shutil.copyfileobj(source, sink, 1 << 20)
-        partial.replace(target)
 
 
 def find_component(src: Path, key: str, exact: bool = True) -> Path | None:

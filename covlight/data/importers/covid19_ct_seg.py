@@ -16,15 +16,15 @@ import re
 
 import numpy as np
 
+from covlight.benchmark import COVID, COVID_CASES
 from covlight.data.importers.archives import SourceTree, find_component, normalised
 from covlight.data.importers.cases import finish_case
 from covlight.data.importers.checks import LabelMap, integer_values, recognise_kind
 from covlight.data.importers.runner import CaseSpec, DatasetPlan
 from covlight.data.importers.volumes import Volume, read_volume, same_grid
-from covlight.data.splits import COVID, COVID_CASES
 from covlight.errors import DatasetError
 
-NAME = "covid19_ct_seg"
+NAME = COVID
 HELP = "COVID-19-CT-Seg: the four Zenodo zips (or their folders) -> covid19_ct_seg"
 COMPONENTS = {  # role -> the zip / folder name in the Zenodo record
     "image": "COVID-19-CT-Seg_20cases",

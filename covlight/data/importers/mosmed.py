@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+from covlight.benchmark import MOSMED, MOSMED_CASES
 from covlight.data.importers.archives import SourceTree
 from covlight.data.importers.cases import finish_case
 from covlight.data.importers.checks import LabelMap, integer_values
@@ -18,11 +19,11 @@ from covlight.data.importers.runner import CaseSpec, DatasetPlan
 from covlight.data.importers.volumes import Volume, read_volume, same_grid
 from covlight.errors import DatasetError
 
-NAME = "mosmed"
+NAME = MOSMED
 HELP = "MosMedData COVID19_1110: studies/CT-*/study_XXXX.nii.gz + masks/ -> mosmed (or mosmed_unlabelled)"
 STUDY = re.compile(r"(?:^|/)studies/CT-(?P<group>[0-4])/(?P<case>study_\d{4})\.nii(?:\.gz)?$")
 MASK = re.compile(r"(?:^|/)masks/(?P<case>study_\d{4})_mask\.nii(?:\.gz)?$")
-LABELLED = tuple(f"study_{n:04d}" for n in range(255, 305))
+LABELLED = MOSMED_CASES
 INFECTION = LabelMap({1: 3})
 META = {
     "source": "MosMedData: Chest CT Scans with COVID-19 Related Findings (COVID19_1110), "
@@ -61,7 +62,7 @@ def plans(args, staging) -> list[DatasetPlan]:
         raise DatasetError(f"{args.src}: no mask for {', '.join(unmasked[:5])} (expected "
                            f"masks/{unmasked[0]}_mask.nii.gz). Add the masks folder of the download.")
     meta = {**META, "description": "the 50 labelled CT-1 studies; infection only (no lung masks)"}
-    return [DatasetPlan("mosmed", cases, ["infection"], meta, {"importer": NAME}, official=LABELLED)]
+    return [DatasetPlan(MOSMED, cases, ["infection"], meta, {"importer": NAME}, official=LABELLED)]
 
 
 def _build(files):

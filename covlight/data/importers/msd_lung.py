@@ -15,6 +15,7 @@ import json
 import re
 from pathlib import Path
 
+from covlight.benchmark import SOURCE_SPLITS, SUBTASKS, TASK3_ONLY_SPLITS
 from covlight.data.importers.archives import SourceTree
 from covlight.data.importers.cases import finish_case
 from covlight.data.importers.checks import LabelMap, integer_values
@@ -66,12 +67,14 @@ def plans(args, staging) -> list[DatasetPlan]:
     if unlabelled:
         raise DatasetError(f"{args.src}: imagesTr has {unlabelled[:5]} without labelsTr files. Extract the "
                            "download completely.")
-    split = load_split_file("Task202_MSD_LungTumor_datasplit.json")[0]
+    split_file, tumour_dataset = SOURCE_SPLITS["msd", "infection"]
+    split = load_split_file(split_file)[0]
     official = tuple(sorted(split["train"] + split["val"]))
     options = {"importer": NAME}
     cases = [CaseSpec(c, {"image": tree.ref(images[c]), "label": tree.ref(labels[c])}, _build_tumour)
              for c in sorted(images)]
-    result = [DatasetPlan("msd_lung_tumour", cases, ["infection"], META, options, official=official)]
+    result = [DatasetPlan(tumour_dataset, cases, list(SUBTASKS["infection"].structures), META, options,
+                          official=official)]
     if args.lung_masks is not None:
         masks_tree = SourceTree(args.lung_masks.expanduser(), staging)
         masks = {m["case"]: path for m, path in masks_tree.match(LUNG_MASK)}
@@ -81,7 +84,8 @@ def plans(args, staging) -> list[DatasetPlan]:
         cases = [CaseSpec(c, {"image": tree.ref(images[c]), "label": masks_tree.ref(masks[c])}, _build_lungs)
                  for c in sorted(masks)]
         meta = {**META, "description": "Task06_Lung images with the separately released lung masks"}
-        result.append(DatasetPlan("msd_lung", cases, ["left_lung", "right_lung"], meta,
+        lung_dataset = TASK3_ONLY_SPLITS["msd", "lung"][1]
+        result.append(DatasetPlan(lung_dataset, cases, list(SUBTASKS["lung"].structures), meta,
                                   {**options, "lung_masks": True}, official=official))
     return result
 

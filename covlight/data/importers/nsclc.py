@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from covlight.benchmark import SOURCE_SPLITS, SUBTASKS
 from covlight.data.importers.archives import SourceTree, find_component
 from covlight.data.importers.cases import finish_case
 from covlight.data.importers.checks import LabelMap, integer_values, world_x
@@ -36,11 +37,11 @@ from covlight.errors import DatasetError
 
 NAME = "nsclc"
 HELP = "NSCLC-Radiomics CT + PleThora masks -> nsclc_lung (thoracic cavities), nsclc_effusion"
-PARTS = {  # --part -> (PleThora folder, mask file pattern, dataset, annotated, split file)
+PARTS = {  # --part -> (PleThora folder, mask file pattern, subtask); dataset, split file: benchmark.SOURCE_SPLITS
     "lung": ("thoracic_cavities", re.compile(r"(?:^|/)(?P<case>LUNG1-\d{3})_thor_cav_primary_reviewer\.nii(?:\.gz)?$"),
-             "nsclc_lung", ["left_lung", "right_lung"], "Task201_NSCLCLung_datasplit.json"),
+             "lung"),
     "effusion": ("effusions", re.compile(r"(?:^|/)(?P<case>LUNG1-\d{3})_effusion_first_reviewer\.nii(?:\.gz)?$"),
-                 "nsclc_effusion", ["infection"], "Task204_NSCLCPE_datasplit.json"),
+                 "infection"),
 }
 CT_NIFTI = re.compile(r"(?:^|/)(?P<case>LUNG1-\d{3})(?:_0000)?\.nii(?:\.gz)?$")
 CT_DICOM = re.compile(r"(?:^|/)(?P<case>LUNG1-\d{3})/(?:[^/]+/)*[^/]+\.dcm$", re.IGNORECASE)
@@ -82,7 +83,9 @@ def plans(args, staging) -> list[DatasetPlan]:
     parts = [args.part] if args.part else list(PARTS)
     result = []
     for part in parts:
-        folder, pattern, dataset, annotated, split_file = PARTS[part]
+        folder, pattern, subtask = PARTS[part]
+        split_file, dataset = SOURCE_SPLITS["nsclc", subtask]
+        annotated = list(SUBTASKS[subtask].structures)
         path = find_component(args.src, folder, exact=False)
         if path is None:
             continue

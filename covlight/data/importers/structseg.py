@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 
+from covlight.benchmark import SOURCE_SPLITS, SUBTASKS
 from covlight.data.importers.archives import SourceTree, find_component
 from covlight.data.importers.cases import finish_case
 from covlight.data.importers.checks import LabelMap, integer_values
@@ -24,10 +25,9 @@ from covlight.errors import DatasetError
 NAME = "structseg"
 HELP = "StructSeg 2019: Thoracic_OAR -> structseg_lung, Lung_GTV -> structseg_gtv"
 CASE_FILE = re.compile(r"(?:^|/)(?P<n>\d+)/(?P<role>data|label)\.nii(?:\.gz)?$")
-PARTS = {  # --part -> (folder, dataset, label map, annotated structures, split file)
-    "lung": ("thoracic_oar", "structseg_lung", LabelMap({1: 1, 2: 2, 3: 0, 4: 0, 5: 0, 6: 0}),
-             ["left_lung", "right_lung"], "Task200_StructSegLung_datasplit.json"),
-    "gtv": ("lung_gtv", "structseg_gtv", LabelMap({1: 3}), ["infection"], "Task203_StructSegTumor_datasplit.json"),
+PARTS = {  # --part -> (folder, label map, subtask); dataset name and split file: benchmark.SOURCE_SPLITS
+    "lung": ("thoracic_oar", LabelMap({1: 1, 2: 2, 3: 0, 4: 0, 5: 0, 6: 0}), "lung"),
+    "gtv": ("lung_gtv", LabelMap({1: 3}), "infection"),
 }
 META = {
     "source": "StructSeg 2019 challenge (Automatic Structure Segmentation for Radiotherapy Planning), "
@@ -50,7 +50,9 @@ def plans(args, staging) -> list[DatasetPlan]:
                            "2019 downloads as --src.")
     result = []
     for part, path in found.items():
-        folder, dataset, labels, annotated, split_file = PARTS[part]
+        folder, labels, subtask = PARTS[part]
+        split_file, dataset = SOURCE_SPLITS["structseg", subtask]
+        annotated = list(SUBTASKS[subtask].structures)
         if path is None:
             continue
         tree = SourceTree(path, staging)

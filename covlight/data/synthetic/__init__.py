@@ -9,7 +9,6 @@ The README montage: `python -m covlight.phantoms --montage docs/phantom.png --mo
 
 from covlight.data.synthetic.anatomy import SIZES
 from covlight.data.synthetic.datasets import (
-    COVID_CASES,
     LAYOUTS,
     case_ids,
     lungs_with_lesions,
@@ -20,5 +19,5 @@ from covlight.data.synthetic.lesions import KINDS
 from covlight.data.synthetic.montage import save_montage
 from covlight.data.synthetic.scan import Phantom, make_phantom
 
-__all__ = ["COVID_CASES", "KINDS", "LAYOUTS", "SIZES", "Phantom", "case_ids", "lungs_with_lesions", "make_phantom",
+__all__ = ["KINDS", "LAYOUTS", "SIZES", "Phantom", "case_ids", "lungs_with_lesions", "make_phantom",
            "official_file_stem", "save_montage", "write_phantom_dataset"]

@@ -10,28 +10,20 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
+from covlight.atomic import write_json
+from covlight.benchmark import COVID_CASES  # the official ids, so the official Task 1 folds apply to phantoms
 from covlight.data.canonical import (
     affine_from_spacing,
     hu_to_0_255,
     save_nifti,
     write_case,
     write_dataset_json,
-    write_json_atomic,
 )
 from covlight.data.synthetic.anatomy import SIZES
 from covlight.data.synthetic.lesions import KINDS
 from covlight.data.synthetic.scan import Phantom, make_phantom
 from covlight.errors import CovlightError, DatasetError
 
-# The 20 COVID-19-CT-Seg case ids, so the official Task 1 folds apply to a phantom dataset.
-COVID_CASES = tuple(
-    [f"coronacases_{i:03d}" for i in range(1, 11)]
-    + [
-        "radiopaedia_10_85902_1", "radiopaedia_10_85902_3", "radiopaedia_14_85914_0", "radiopaedia_27_86410_0",
-        "radiopaedia_29_86490_1", "radiopaedia_29_86491_1", "radiopaedia_36_86526_0", "radiopaedia_40_86625_0",
-        "radiopaedia_4_85506_1", "radiopaedia_7_85703_0",
-    ]
-)
 LAYOUTS = ("canonical", "official")
 MARKER = ".covlight-phantoms.json"  # written first: says which phantom dataset a folder holds
 OFFICIAL_FOLDERS = ("COVID-19-CT-Seg_20cases", "Lung_Mask", "Infection_Mask", "Lung_and_Infection_Mask")
@@ -131,7 +123,7 @@ def write_phantom_dataset(
                                f"or delete {out} first.")
         if (out / "dataset.json").is_file() if layout == "canonical" else _official_complete(out, cases):
             return out
-    write_json_atomic(marker, recipe)
+    write_json(marker, recipe)
 
     entries = {}
     bar = tqdm(cases, unit="case", disable=not progress)
