@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from covlight.baseline import threshold_baseline
+from covlight.benchmark import COVID_CASES
 from covlight.data.canonical import hu_to_0_255
-from covlight.data.synthetic import COVID_CASES, make_phantom
+from covlight.data.synthetic import make_phantom
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -15,7 +15,7 @@ from covlight.benchmark import (
     columns,
     structure_metric,
 )
-from tests.conftest import compose_config
+from tests.helpers.runs import compose_config
 
 
 def test_subtasks_derive_label_values_and_classes():

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from covlight.benchmark import COVID_CASES
 from covlight.data.canonical import hu_to_0_255, read_dataset
 from covlight.data.synthetic import (
-    COVID_CASES,
     case_ids,
     lungs_with_lesions,
     make_phantom,
