@@ -17,6 +17,8 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSource
 from omegaconf import DictConfig, OmegaConf
 
+import covlight.data.options  # noqa: F401  (registers conf/data's schema, data_schema, in Hydra's ConfigStore)
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 STATUS_FILE = "status.json"
 

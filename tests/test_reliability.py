@@ -19,7 +19,7 @@ from tests.conftest import REPO
 from tests.test_train_e2e import FAST, TINY_2D
 
 COMMON = [*TINY_2D, *[o for o in FAST if o != "trainer=debug"], "trainer.deterministic=true", "trainer.max_epochs=3",
-          "data.batches_per_epoch=12", "+trainer.limit_val_batches=1"]
+          "data.sampling.batches_per_epoch=12", "+trainer.limit_val_batches=1"]
 
 
 def command(output_root: Path, *extra: str) -> list[str]:

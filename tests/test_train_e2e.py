@@ -30,8 +30,8 @@ TINY_3D = [
     "model.module.net.features_per_stage=[8,16,32]", "model.module.net.strides=[[1,1,1],[2,2,2],[2,2,2]]",
 ]
 FAST = [
-    "trainer=debug", "data.batches_per_epoch=2", "data.samples_per_volume=2", "data.patch_buffer=4",
-    "data.num_workers=0", "data.val_patches_per_case=1", "print_config=false",
+    "trainer=debug", "data.sampling.batches_per_epoch=2", "data.sampling.samples_per_volume=2", "data.sampling.patch_buffer=4",
+    "data.sampling.num_workers=0", "data.validation.patches_per_case=1", "print_config=false",
 ]
 
 
@@ -168,7 +168,7 @@ def test_ddp_on_two_cpu_processes_scores_every_case_once(phantom_root, tmp_path)
 def test_unknown_case_in_split_names_the_file_and_fix(phantom_root):
     datamodule = SegmentationDataModule(
         root=str(phantom_root), split=Split(train={COVID: ["coronacases_001", "no_such_case"]}, val={}, test={}),
-        label_values=[0, 1, 2], patch_size=[32, 32, 1], batch_size=2)
+        label_values=[0, 1, 2], spatial_dims=2, patch_size=[32, 32, 1], batch_size=2)
     with pytest.raises(DatasetError, match=r"dataset.json has no case\(s\) \['no_such_case'\].*covlight.prepare"):
         datamodule.setup("fit")
 
