@@ -4,9 +4,9 @@
 
 covlight's config as composed for `model=unet3d` (patch 128x128x64, batch 2) with the default data config: the
 default augmentation preset (affine, simulated low resolution, blur, noise, gamma), foreground oversampling 1/3,
-16 patches per volume, a buffer of 96 patches per worker; `data.num_workers` = the CPU cores this process may use.
+16 patches per volume, a buffer of 96 patches per worker; `data.sampling.num_workers` = the CPU cores this process may use.
 The volumes are the 4 training cases of task 1 fold 0 as phantoms ("demo" size) resampled, by the data module
-itself, to 0.8 x 0.8 x 2.5 mm (`data.target_spacing`), which makes them about 420-510 x 420-510 x 55-140 voxels,
+itself, to 0.8 x 0.8 x 2.5 mm (`data.preprocessing.target_spacing`), which makes them about 420-510 x 420-510 x 55-140 voxels,
 the size of a chest CT at that spacing: loading, resampling and foreground search per volume cost what they would
 on real scans. The loader is the one `SegmentationDataModule.train_dataloader()` returns (PatchStream: each worker
 loads a case, draws patches, augments each patch); the main process only takes batches. Each round runs in its own
@@ -45,9 +45,9 @@ def worker(data: Path, batches: int, workers: int, extra: list[str]) -> dict:
 
     from covlight.config import conf_dir
 
-    overrides = ["task=task1", "subtask=lung_infection", "fold=0", "model=unet3d", "data.missing_cases=skip",
-                 f"data.target_spacing=[{','.join(map(str, TARGET_SPACING))}]", f"data.num_workers={workers}",
-                 f"data.batches_per_epoch={batches}", f"paths.data_dir={data}", "paths.output_dir=unused", *extra]
+    overrides = ["task=task1", "subtask=lung_infection", "fold=0", "model=unet3d", "data.cases.missing=skip",
+                 f"data.preprocessing.target_spacing=[{','.join(map(str, TARGET_SPACING))}]", f"data.sampling.num_workers={workers}",
+                 f"data.sampling.batches_per_epoch={batches}", f"paths.data_dir={data}", "paths.output_dir=unused", *extra]
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     torch.manual_seed(0)

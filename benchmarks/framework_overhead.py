@@ -33,7 +33,7 @@ from common import emit, log, machine_info, median, run_worker
 
 BAR = 0.05
 OVERRIDES = ["task=task1", "subtask=lung_infection", "fold=0", "model=unet2d", "trainer=cpu", "logger=csv",
-             "model.patch_size=[64,64,1]", "model.batch_size=2", "data.num_workers=0", "data.missing_cases=skip",
+             "model.patch_size=[64,64,1]", "model.batch_size=2", "data.sampling.num_workers=0", "data.cases.missing=skip",
              "print_config=false"]
 PHANTOM_CASES = ["coronacases_008", "coronacases_007", "radiopaedia_36_86526_0", "radiopaedia_4_85506_1"]
 
@@ -60,7 +60,7 @@ def prepare_batches(folder: Path, count: int) -> Path:
 
     data = folder / "data"
     write_phantom_dataset(data / "covid19_ct_seg", cases=PHANTOM_CASES, size="demo", progress=False)
-    cfg = compose(data, folder / "draw", ["data.num_workers=2"])
+    cfg = compose(data, folder / "draw", ["data.sampling.num_workers=2"])
     torch.manual_seed(0)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")

@@ -7,7 +7,7 @@ name, the CPU count and the load average.
 - Training: covlight's config for task 1 (fold 0, lung_infection) with `model=unet3d` (patch 128x128x64, batch 2,
   deep supervision) and `trainer=gpu` (bf16-mixed), logger=csv, the default callbacks, `trainer.fit` for one epoch
   of `--steps` batches (validation off) from the real data module: 4 phantom cases resampled to 0.8 x 0.8 x 2.5 mm
-  (about 420-510 x 420-510 x 55-140 voxels, a chest CT's size at that spacing), `data.num_workers` = the cores.
+  (about 420-510 x 420-510 x 55-140 voxels, a chest CT's size at that spacing), `data.sampling.num_workers` = the cores.
   Variants, each in its own process: `bf16` (the preset), `channels_last` (+ model.module.channels_last=true),
   `compile` (+ model.module.compile=true). A step is the time between the ends of consecutive steps; the loader
   wait is the time from the end of a step to the start of the next (fetching the batch and moving it to the GPU).
@@ -60,8 +60,8 @@ def train_worker(folder: Path, variant: str, steps: int) -> dict:
     from hydra.utils import instantiate
 
     overrides = ["task=task1", "subtask=lung_infection", "fold=0", "model=unet3d", "trainer=gpu", "logger=csv",
-                 "data.missing_cases=skip", f"data.target_spacing=[{','.join(map(str, TARGET_SPACING))}]",
-                 f"data.num_workers={cores()}", f"data.batches_per_epoch={steps}", "trainer.max_epochs=1",
+                 "data.cases.missing=skip", f"data.preprocessing.target_spacing=[{','.join(map(str, TARGET_SPACING))}]",
+                 f"data.sampling.num_workers={cores()}", f"data.sampling.batches_per_epoch={steps}", "trainer.max_epochs=1",
                  "+trainer.limit_val_batches=0", "print_config=false", f"paths.data_dir={folder / 'data'}",
                  f"paths.output_dir={folder / f'run-{variant}'}", *VARIANTS[variant]]
     cfg = compose(overrides)

@@ -62,7 +62,7 @@ def run_config(method: str, seed: int, root: Path, output_dir: Path, args, init_
         "print_config=false", f"paths.data_dir={root}", f"paths.output_dir={output_dir}",
         "model.patch_size=[64,64,1]", "model.batch_size=8", "model.module.net.features_per_stage=[16,32,64,128]",
         "model.module.net.strides=[1,2,2,2]", "model.module.inference.batch_size=16",
-        f"data.batches_per_epoch={args.batches}", "data.num_workers=1", f"trainer.max_epochs={args.epochs}",
+        f"data.sampling.batches_per_epoch={args.batches}", "data.sampling.num_workers=1", f"trainer.max_epochs={args.epochs}",
         "callbacks.case_scoring.save_predictions=false", "callbacks.progress_bar.refresh_rate=0",
         f"optimizer={args.optimizer}", f"model.module.optimizer.lr={args.lr}",
     ]

@@ -17,6 +17,7 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSource
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+import covlight.data.options  # noqa: F401  (registers conf/data's schema, data_schema, in Hydra's ConfigStore)
 from covlight import benchmark
 from covlight.atomic import write_json
 from covlight.errors import ConfigError

@@ -6,8 +6,8 @@
 The model is built from the run's saved config (`config.yaml`; `model.module` is instantiated, so a run folder is
 trusted like code) and loads the checkpoint its test used (`checkpoints/last.ckpt`) with `weights_only=True`.
 Each input goes through the training preprocessing: RAS+ orientation, the stored 0..255 range by its intensity
-kind, scaled as the run scaled it (`data.intensity_scaling`), for 3D models resampled to the target spacing the
-checkpoint records, for 2D slices resized as in training (`data.slice_policy=resize`); then the
+kind, scaled as the run scaled it (`data.preprocessing.intensity_scaling`), for 3D models resampled to the target spacing the
+checkpoint records, for 2D slices resized as in training (`data.slices.policy=resize`); then the
 Gaussian sliding window of the run's test (`--mirror` adds test-time mirroring), and the prediction goes back
 to the input's own grid: `<name>.nii.gz` for volumes (the input's affine and header), `<name>.png` for slices
 (the input picture's size). `--probabilities` also writes `probabilities/<name>_<structure>.nii.gz` (`.npy`
@@ -39,6 +39,7 @@ from covlight.benchmark import LABELS, STRUCTURE_OF_VALUE
 from covlight.config import read_status
 from covlight.data.canonical import INTENSITY_KINDS
 from covlight.data.datamodule import image_preprocessing
+from covlight.data.options import PREPROCESSING_KEY
 from covlight.errors import WORK_FAILED, CovlightError, DatasetError, report_error
 from covlight.methods.supervised import SupervisedSegmentation
 from covlight.scans import (
@@ -60,9 +61,9 @@ class Model:
     module: SupervisedSegmentation
     target_spacing: tuple[float, ...] | None  # 3D models: the spacing they were trained at
     device: torch.device
-    slice_size: tuple[int, ...] | None = None  # 2D slices are resized to it (data.slice_policy=resize)
-    intensity_scaling: str = "range"  # data.intensity_scaling of the run
-    histogram_landmarks: list[float] | None = None  # data.histogram_standardisation: the scale learnt in training
+    slice_size: tuple[int, ...] | None = None  # 2D slices are resized to it (data.slices.policy=resize)
+    intensity_scaling: str = "range"  # data.preprocessing.intensity_scaling of the run
+    histogram_landmarks: list[float] | None = None  # data.preprocessing.histogram_standardisation: the learnt scale
 
     @property
     def structures(self) -> list[str]:
@@ -146,22 +147,25 @@ def load_model(args) -> Model:
     except Exception as error:  # a damaged file, unsafe content, weights of another model
         raise CovlightError(f"cannot load {checkpoint_path} into the model of {config_path} "
                             f"({type(error).__name__}: {error})") from None
-    data_class = str(config.get("data", {}).get("_target_", "")).rsplit(".", 1)[-1]
-    data_state = checkpoint.get(data_class) or {}
-    spacing = data_state.get("target_spacing")
+    data_state = checkpoint.get(PREPROCESSING_KEY)
+    if data_state is None:
+        raise CovlightError(f"{checkpoint_path} does not record its preprocessing (no '{PREPROCESSING_KEY}' entry: "
+                            "written by an older covlight, or trained without covlight's data module); use a "
+                            "checkpoint written by a current covlight run")
+    spacing = data_state["target_spacing"]
     if module.net_spatial_dims == 3 and spacing is None:
-        raise CovlightError(f"{checkpoint_path} does not record the spacing its 3D model was trained at (checkpoints "
-                            "of covlight's data module save it); use a checkpoint written by a current covlight run")
+        raise CovlightError(f"{checkpoint_path} does not record the spacing its 3D model was trained at; use a "
+                            "checkpoint written by a current covlight run")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CovlightError("--device cuda, but torch sees no CUDA device")
     if args.mirror:
         module.inference["mirror_axes"] = mirror_axes(module)
     module.eval().to(device)
-    slice_size = data_state.get("slice_size")
+    slice_size = data_state["slice_size"]
     return Model(module, tuple(float(s) for s in spacing) if spacing is not None else None, device,
                  tuple(int(n) for n in slice_size) if slice_size else None,
-                 data_state.get("intensity_scaling", "range"), data_state.get("histogram_landmarks"))
+                 data_state["intensity_scaling"], data_state["histogram_landmarks"])
 
 
 def run_files(args) -> tuple[Path, Path]:

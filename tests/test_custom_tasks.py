@@ -28,6 +28,7 @@ from covlight.config import check_combination
 from covlight.data.canonical import read_dataset
 from covlight.data.custom_split import custom_split, kfold, read_split_file
 from covlight.data.datamodule import SegmentationDataModule
+from covlight.data.options import Slices
 from covlight.data.splits import Split
 from covlight.data.transforms import ResizeSlice
 from covlight.errors import ConfigError, DatasetError
@@ -229,7 +230,7 @@ def test_a_split_error_reaches_the_user_as_itself(slices, tmp_path):
 
 
 CUSTOM = ["task=custom", "task.name=my_slices", "subtask=infection", f"task.group_regex='{GROUP}'", *TINY_2D, *FAST,
-          "logger=none", "data.slice_policy=resize", "data.slice_size=[48,40]", "data.intensity_scaling=zscore"]
+          "logger=none", "data.slices.policy=resize", "data.slices.size=[48,40]", "data.preprocessing.intensity_scaling=zscore"]
 
 
 @pytest.fixture(scope="module")
@@ -318,7 +319,7 @@ def test_volumes_with_another_direction_split_and_predict_on_their_own_grid(phan
 
 
 def test_a_resized_slice_maps_back_onto_its_own_pixels():
-    """data.slice_policy=resize: the resize for the net and the interpolation back to the slice's own size (as
+    """data.slices.policy=resize: the resize for the net and the interpolation back to the slice's own size (as
     predictions go back) keep the field of view, so a shape lands where it was, not shifted by half a pixel."""
     mask = np.zeros((37, 53, 1), np.float32)
     mask[6:20, 30:47] = 1.0
@@ -333,9 +334,9 @@ def test_a_resized_slice_maps_back_onto_its_own_pixels():
     volume = tio.Subject(image=tio.ScalarImage(tensor=torch.zeros(1, 37, 53, 4)), intensity="8bit")
     assert ResizeSlice((48, 40))(volume).spatial_shape == (37, 53, 4), "volumes are never resized"
     split = Split(train={}, val={}, test={})
-    with pytest.raises(ConfigError, match="applies to data.slice_policy=resize only"):
-        SegmentationDataModule(root="data", split=split, label_values=[0, 3], patch_size=[32, 32, 1], batch_size=2,
-                               slice_size=[48, 40])
-    resized = SegmentationDataModule(root="data", split=split, label_values=[0, 3], patch_size=[32, 32, 1],
-                                     batch_size=2, slice_policy="resize")
-    assert resized.state_dict()["slice_size"] == [32, 32], "resize defaults to the patch's in-plane size"
+    with pytest.raises(ConfigError, match="applies to data.slices.policy=resize only"):
+        SegmentationDataModule(root="data", split=split, label_values=[0, 3], spatial_dims=2, patch_size=[32, 32, 1],
+                               batch_size=2, slices={"size": [48, 40]})
+    resized = SegmentationDataModule(root="data", split=split, label_values=[0, 3], spatial_dims=2,
+                                     patch_size=[32, 32, 1], batch_size=2, slices=Slices(policy="resize"))
+    assert resized.preprocessing_state()["slice_size"] == [32, 32], "resize defaults to the patch's in-plane size"

@@ -10,6 +10,7 @@ import torch
 from covlight.data.canonical import read_canonical
 from covlight.data.datamodule import SegmentationDataModule
 from covlight.data.histogram import PERCENTILES, landmarks_of, learn_standard_landmarks, standardise
+from covlight.data.options import Preprocessing, Sampling, Validation
 from covlight.data.splits import COVID, Split
 
 
@@ -55,16 +56,17 @@ def test_a_linear_intensity_change_is_undone():
 def test_data_module_learns_landmarks_and_saves_them(phantom_root):
     train = ["coronacases_001", "coronacases_002"]
     kwargs = dict(root=str(phantom_root), split=Split(train={COVID: train}, val={}, test={COVID: ["coronacases_003"]}),
-                  label_values=[0, 1, 2], patch_size=[32, 32, 1], batch_size=2, num_workers=0, batches_per_epoch=1,
-                  samples_per_volume=1, patch_buffer=1, val_patches_per_case=1)
+                  label_values=[0, 1, 2], spatial_dims=2, patch_size=[32, 32, 1], batch_size=2,
+                  sampling=Sampling(batches_per_epoch=1, samples_per_volume=1, patch_buffer=1, num_workers=0),
+                  validation=Validation(patches_per_case=1))
     plain = SegmentationDataModule(**kwargs)
-    standardised = SegmentationDataModule(**kwargs, histogram_standardisation=True)
+    standardised = SegmentationDataModule(**kwargs, preprocessing=Preprocessing(histogram_standardisation=True))
     for datamodule in (plain, standardised):
         datamodule.setup("fit")
-    assert plain.state_dict()["histogram_landmarks"] is None
+    assert plain.preprocessing_state()["histogram_landmarks"] is None
     expected = learn_standard_landmarks(read_canonical(phantom_root / COVID / "images" / f"{c}.nii.gz")[0]
                                         for c in train)
-    assert standardised.state_dict()["histogram_landmarks"] == pytest.approx(expected)
+    assert standardised.preprocessing_state()["histogram_landmarks"] == pytest.approx(expected)
     plain_case, standardised_case = next(iter(plain.test_dataloader())), next(iter(standardised.test_dataloader()))
     assert not torch.equal(plain_case["image"], standardised_case["image"])
     assert next(iter(standardised.train_dataloader()))["image"].shape == (2, 1, 32, 32, 1)

@@ -24,6 +24,7 @@ from omegaconf import OmegaConf, open_dict
 from covlight.config import check_combination, read_status
 from covlight.data.canonical import affine_from_spacing, hu_to_0_255, write_case, write_dataset_json
 from covlight.data.datamodule import SegmentationDataModule
+from covlight.data.options import Augmentation, Sampling, Unlabelled
 from covlight.data.splits import COVID, Split, official_split
 from covlight.data.synthetic import make_phantom, write_phantom_dataset
 from covlight.data.transforms import RandomContrast, RandomHistogramWarp, augmentation_preset
@@ -177,38 +178,39 @@ def test_unlabelled_pool_never_holds_a_test_case():
     test_case, training_case = split.test[COVID][0], split.train[COVID][0]
     cases = {"pool": ["a", "b"], "pool_with_copy": ["a", test_case], "pool_with_train": ["a", training_case],
              "mosmed_unlabelled": ["study_0001", "study_0260"]}
-    assert pool_lists({"datasets": ["pool"]}, split, cases.get) == {"pool": ["a", "b"]}
-    as_configured = OmegaConf.create({"datasets": {"pool_with_copy": ["a"]}})  # a mapping, as Hydra hands it over
+    assert pool_lists(["pool"], split, cases.get) == {"pool": ["a", "b"]}
+    as_configured = OmegaConf.create({"pool_with_copy": ["a"]})  # a mapping, as Hydra hands it over
     assert pool_lists(as_configured, split, cases.get) == {"pool_with_copy": ["a"]}
     # a test case under another dataset name; any COVID-19-CT-Seg case (other folds' test cases); a labelled
     # MosMed study
     for name, case in (("pool_with_copy", test_case), ("pool_with_train", training_case),
                        ("mosmed_unlabelled", "study_0260")):
         with pytest.raises(DatasetError, match=f"pool \\({name}\\) holds test case.*{case}"):
-            pool_lists({"datasets": [name]}, split, cases.get)
+            pool_lists([name], split, cases.get)
     for name in (COVID, "mosmed"):
         with pytest.raises(DatasetError, match=f"names {name}, which is never an unlabelled pool"):
-            pool_lists({"datasets": {name: ["x"]}}, split, cases.get)
+            pool_lists({name: ["x"]}, split, cases.get)
     held_out = Split(train={"src": ["t"]}, val={"src": ["v"]}, test={COVID: ["c"]})  # task 2/3 in-domain held-out
     with pytest.raises(DatasetError, match="'v'"):
-        pool_lists({"datasets": {"pool": ["a", "v"]}}, held_out, cases.get)
+        pool_lists({"pool": ["a", "v"]}, held_out, cases.get)
 
 
 def test_the_data_module_enforces_the_pool_rule(data_root):
     split = official_split("task1", "lung", 0)
     test_case = split.test[COVID][0]
     for pool in ({COVID: [test_case]}, {COVID: "all"}):
-        datamodule = SegmentationDataModule(root=str(data_root), split=split, label_values=[0, 1, 2],
-                                            patch_size=[32, 32, 1], batch_size=2, unlabelled={"datasets": pool})
+        datamodule = SegmentationDataModule(root=str(data_root), split=split, label_values=[0, 1, 2], spatial_dims=2,
+                                            patch_size=[32, 32, 1], batch_size=2, unlabelled=Unlabelled(pool))
         with pytest.raises(DatasetError, match="never an unlabelled pool"):
             datamodule.setup("fit")
 
 
 def test_labelled_and_unlabelled_patches_come_in_one_batch(data_root):
     split = official_split("task1", "lung", 0)
-    common = dict(root=str(data_root), split=split, label_values=[0, 1, 2], patch_size=[32, 32, 1], batch_size=2,
-                  batches_per_epoch=2, samples_per_volume=2, patch_buffer=4, num_workers=0)
-    datamodule = SegmentationDataModule(**common, unlabelled={"datasets": [POOL], "ratio": 1.5})
+    common = dict(root=str(data_root), split=split, label_values=[0, 1, 2], spatial_dims=2, patch_size=[32, 32, 1],
+                  batch_size=2, sampling=Sampling(batches_per_epoch=2, samples_per_volume=2, patch_buffer=4,
+                                                  num_workers=0))
+    datamodule = SegmentationDataModule(**common, unlabelled=Unlabelled([POOL], ratio=1.5))
     datamodule.setup("fit")
     assert {r.dataset for r in datamodule.records["unlabelled"]} == {POOL}
     assert all(r.label_path is None for r in datamodule.records["unlabelled"])  # images only
@@ -275,7 +277,7 @@ def test_recipes_compose(recipe):
         with pytest.raises(ConfigError, match="init_from=<the .* run folder>: no checkpoint"):
             load_initial_weights(instantiate(cfg.model.module), cfg.init_from)
     if recipe in ("fewshot_strong_aug", "intensity_dg"):
-        augmentation = augmentation_preset(cfg.model.spatial_dims, **cfg.data.augmentation)
+        augmentation = augmentation_preset(cfg.model.spatial_dims, Augmentation(**cfg.data.augmentation))
         assert len(augmentation) >= 6
 
 

@@ -26,6 +26,7 @@ from PIL import Image
 from covlight import evaluate, predict
 from covlight.config import write_status
 from covlight.data.importers.checks import hu_of
+from covlight.data.options import PREPROCESSING_KEY
 from covlight.data.splits import COVID, official_split
 from covlight.train import resolved_container
 from tests.helpers.pictures import picture_of
@@ -188,6 +189,22 @@ def test_mirroring_never_swaps_left_and_right_lungs(runs):
     modules = {name: instantiate(OmegaConf.load(run / "config.yaml").model.module) for name, run in runs.items()}
     assert predict.mirror_axes(modules["2d"]) == (0, 1)  # infection: both in-plane axes
     assert predict.mirror_axes(modules["3d"]) == (1, 2)  # lungs: never across the left-right (x) axis
+
+
+def test_preprocessing_is_read_from_its_own_checkpoint_entry(runs, phantom_root, tmp_path, capsys):
+    """The checkpoint holds the data module's preprocessing under PREPROCESSING_KEY (not under the data module's
+    class name); a checkpoint without it (an older covlight's) is refused, saying so."""
+    checkpoint = torch.load(runs["3d"] / "checkpoints" / "last.ckpt", weights_only=True)
+    state = checkpoint.pop(PREPROCESSING_KEY)
+    assert state["intensity_scaling"] == "range" and len(state["target_spacing"]) == 3
+    assert "SegmentationDataModule" not in checkpoint
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    image, _ = phantom_hu(phantom_root, HELD_OUT[0])
+    nib.save(image, tmp_path / "scan.nii.gz")
+    code = predict.main(["--ckpt", str(old), "--config", str(runs["3d"] / "config.yaml"),
+                         "--input", str(tmp_path / "scan.nii.gz"), "--output", str(tmp_path / "out")])
+    assert code == 2 and f"no '{PREPROCESSING_KEY}' entry" in capsys.readouterr().err
 
 
 def test_benchmark_labels_keep_lungs_and_union_canonical():

@@ -12,6 +12,7 @@ import torch
 from covlight.callbacks.scoring import CaseScoring
 from covlight.data.canonical import hu_to_0_255, read_dataset, write_case, write_dataset_json
 from covlight.data.datamodule import SegmentationDataModule
+from covlight.data.options import Preprocessing, Sampling, Validation
 from covlight.data.splits import Split
 from covlight.methods.schedules import PolyLR
 from covlight.methods.supervised import SupervisedSegmentation
@@ -40,9 +41,10 @@ def test_cip_chest_ct_lung_trains_and_scores(shared_data, tmp_path):
     pl.seed_everything(0)
     split = Split(train={"cip": ["cip_ct64"]}, val={}, test={"cip": ["cip_ct64"]})
     datamodule = SegmentationDataModule(
-        root=str(tmp_path), split=split, label_values=[0, 1, 2], patch_size=[32, 32, 16], batch_size=2,
-        target_spacing="auto", batches_per_epoch=4, samples_per_volume=4, patch_buffer=8, num_workers=0,
-        val_patches_per_case=1,
+        root=str(tmp_path), split=split, label_values=[0, 1, 2], spatial_dims=3, patch_size=[32, 32, 16],
+        batch_size=2, preprocessing=Preprocessing(target_spacing="auto"),
+        sampling=Sampling(batches_per_epoch=4, samples_per_volume=4, patch_buffer=8, num_workers=0),
+        validation=Validation(patches_per_case=1),
     )
     net = UNet(3, 1, 3, [8, 16, 32], [[1, 1, 1], [2, 2, 2], [2, 2, 2]], deep_supervision=True)
     module = SupervisedSegmentation(
@@ -77,8 +79,9 @@ def test_png_slices_import_and_train(shared_data, tmp_path):
     pl.seed_everything(0)
     split = Split(train={"png_case01": cases[60:64]}, val={}, test={"png_case01": cases[80:82]})
     datamodule = SegmentationDataModule(
-        root=str(tmp_path), split=split, label_values=[0, 1, 2, 3], patch_size=[64, 64, 1], batch_size=2,
-        batches_per_epoch=3, samples_per_volume=2, patch_buffer=4, num_workers=0, val_patches_per_case=1)
+        root=str(tmp_path), split=split, label_values=[0, 1, 2, 3], spatial_dims=2, patch_size=[64, 64, 1],
+        batch_size=2, sampling=Sampling(batches_per_epoch=3, samples_per_volume=2, patch_buffer=4, num_workers=0),
+        validation=Validation(patches_per_case=1))
     net = UNet(2, 1, 4, [8, 16, 32], [1, 2, 2], deep_supervision=True)
     module = SupervisedSegmentation(
         net, optimizer=lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.99, nesterov=True), label_values=[0, 1, 2, 3],

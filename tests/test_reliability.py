@@ -18,7 +18,7 @@ from covlight.config import read_status
 from tests.helpers.runs import FAST, REPO, TINY_2D
 
 COMMON = [*TINY_2D, *[o for o in FAST if o != "trainer=debug"], "trainer.deterministic=true", "trainer.max_epochs=3",
-          "data.batches_per_epoch=12", "+trainer.limit_val_batches=1"]
+          "data.sampling.batches_per_epoch=12", "+trainer.limit_val_batches=1"]
 
 
 def command(output_root: Path, *extra: str) -> list[str]:

@@ -27,12 +27,12 @@ def test_optuna_search_optimises_an_inner_validation_score(phantom_root, tmp_pat
     (search,) = (tmp_path / "hparams_search").iterdir()
     best = yaml.safe_load((search / "optimization_results.yaml").read_text())
     assert 0.0 <= best["best_value"] <= 1.0
-    assert set(best["best_params"]) == {"model.module.optimizer.lr", "data.foreground_fraction"}
+    assert set(best["best_params"]) == {"model.module.optimizer.lr", "data.sampling.foreground_fraction"}
     trials = [d for d in (search / "task1" / "lung" / "unet2d" / "fold0-seed0").iterdir()]
     assert len(trials) == 2 and all(read_status(t)["state"] == "finished" for t in trials)
     assert not (tmp_path / "task1").exists()  # trials live in their search's folder only
     config = yaml.safe_load((trials[0] / "config.yaml").read_text())
-    assert config["data"]["inner_validation"] == 1 and config["optimized_metric"] == "val/pseudo_dice"
+    assert config["data"]["validation"]["inner_cases"] == 1 and config["optimized_metric"] == "val/pseudo_dice"
 
 
 def test_objective_refuses_a_test_metric(phantom_root, tmp_path):

@@ -1,5 +1,5 @@
 """Tasks 2 and 3 end to end for every source, on miniature fakes of the official downloads imported with
-`covlight.prepare` (a few cases per source: the runs use data.missing_cases=skip)."""
+`covlight.prepare` (a few cases per source: the runs use data.cases.missing=skip)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def imported(tmp_path_factory):
 
 
 def run_task(root, tmp_path, *overrides) -> list[dict]:
-    cfg = compose_config([*overrides, *TINY_2D, *FAST, "logger=none", "data.missing_cases=skip",
+    cfg = compose_config([*overrides, *TINY_2D, *FAST, "logger=none", "data.cases.missing=skip",
                           f"paths.data_dir={root}", f"paths.output_dir={tmp_path}"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

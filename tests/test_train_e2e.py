@@ -154,7 +154,7 @@ def test_ddp_on_two_cpu_processes_scores_every_case_once(phantom_root, tmp_path)
 def test_unknown_case_in_split_names_the_file_and_fix(phantom_root):
     datamodule = SegmentationDataModule(
         root=str(phantom_root), split=Split(train={COVID: ["coronacases_001", "no_such_case"]}, val={}, test={}),
-        label_values=[0, 1, 2], patch_size=[32, 32, 1], batch_size=2)
+        label_values=[0, 1, 2], spatial_dims=2, patch_size=[32, 32, 1], batch_size=2)
     with pytest.raises(DatasetError, match=r"dataset.json has no case\(s\) \['no_such_case'\].*covlight.prepare"):
         datamodule.setup("fit")
 

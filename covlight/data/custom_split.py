@@ -2,7 +2,7 @@
 file or into k folds generated from a seed, optionally grouped by patient.
 
 A fold's held-out cases are its test cases (cross-validation), so nothing is selected on them: validation
-monitors training cases, or `data.inner_validation` holds some out, as for task 1. A split file whose folds also
+monitors training cases, or `data.validation.inner_cases` holds some out, as for task 1. A split file whose folds also
 give a `test` list (the benchmark's Task3 form) makes `val` an in-domain validation list, as for tasks 2 and 3.
 
 Split files:

@@ -6,7 +6,7 @@ Reads only canonical dataset folders `<root>/<dataset>/` (docs/ARCHITECTURE.md);
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,19 +27,32 @@ from covlight.data.canonical import (
     slice_spacing_note,
 )
 from covlight.data.histogram import HistogramStandardisation, learn_standard_landmarks
+from covlight.data.options import (
+    Augmentation,
+    Cases,
+    Preprocessing,
+    Sampling,
+    Slices,
+    Unlabelled,
+    Validation,
+    as_options,
+)
 from covlight.data.patches import PatchStream
 from covlight.data.sampling import ForegroundSampler
 from covlight.data.splits import Split
 from covlight.data.transforms import (
-    SLICE_POLICIES,
     CheckCase,
-    PadToAtLeast,
     ResizeSlice,
     ScaleIntensity,
-    ToClassIndices,
     augmentation_preset,
+    class_indices,
+    pad_to_at_least,
 )
-from covlight.data.unlabelled import pool_lists, unlabelled_dataloader
+from covlight.data.unlabelled import (
+    UnlabelledStream,
+    pool_lists,
+    unlabelled_batch_size,
+)
 from covlight.errors import ConfigError, DatasetError
 
 
@@ -71,10 +84,12 @@ def target_spacing_of(spacings: Sequence[Sequence[float]], anisotropy_ratio: flo
 def image_preprocessing(target_spacing: Sequence[float] | None, slice_size: Sequence[int] | None = None,
                         intensity_scaling: str = "range",
                         histogram_landmarks: Sequence[float] | None = None) -> list[tio.Transform]:
-    """The deterministic image steps of every stage; `covlight.predict` applies the same to new scans.
+    """The deterministic image steps of every stage; `covlight.predict` applies the same to new scans (from the
+    checkpoint's `PREPROCESSING_KEY` entry, which holds these four arguments).
 
     `target_spacing`: 3D models resample to it. `slice_size`: one-slice cases are resized to it (2D slice sets
-    under data.slice_policy=resize). `histogram_landmarks`: the standard scale of data.histogram_standardisation.
+    under data.slices.policy=resize). `histogram_landmarks`: the standard scale of
+    data.preprocessing.histogram_standardisation.
     """
     steps: list[tio.Transform] = [CheckCase()]
     if histogram_landmarks is not None:
@@ -151,8 +166,10 @@ def _single_threaded_worker(worker_id: int) -> None:
 class SegmentationDataModule(pl.LightningDataModule):
     """Augmented patches with foreground oversampling (PatchStream); 2D models use z-size-1 patches (slices).
 
-    With `unlabelled` (see `covlight.data.unlabelled`), each training batch is {"labelled": ..., "unlabelled":
-    {"image", "dataset"}}: labelled patches and patches of an unlabelled pool that never holds a test case.
+    The options come in groups (`covlight.data.options`, documented in conf/data/default.yaml); each group may be
+    given as its dataclass, as a mapping of its fields, or left out for its defaults.
+    With `unlabelled`, each training batch is {"labelled": ..., "unlabelled": {"image", "dataset"}}: labelled
+    patches and patches of an unlabelled pool that never holds a test case (see `covlight.data.unlabelled`).
     """
 
     def __init__(
@@ -160,85 +177,63 @@ class SegmentationDataModule(pl.LightningDataModule):
         root: str,
         split: Split,
         label_values: Sequence[int],
+        spatial_dims: int,
         patch_size: Sequence[int],
         batch_size: int,
-        target_spacing: str | Sequence[float] | None = "auto",
-        foreground_fraction: float = 0.33,
-        batches_per_epoch: int = 250,
-        samples_per_volume: int = 16,
-        patch_buffer: int = 96,
-        num_workers: int = 2,
-        val_patches_per_case: int = 4,
-        inner_validation: int = 0,
-        missing_cases: str = "error",
-        optional_test_sets: Sequence[str] = ("mosmed",),
-        balanced_sampling: bool = False,
-        test_in_domain: bool = True,
-        intensity_scaling: str = "range",
-        slice_policy: str = "pad",
-        slice_size: Sequence[int] | None = None,
-        histogram_standardisation: bool = False,
-        augmentation: dict | None = None,
-        unlabelled: dict | None = None,
+        preprocessing: Preprocessing | Mapping | None = None,
+        slices: Slices | Mapping | None = None,
+        sampling: Sampling | Mapping | None = None,
+        validation: Validation | Mapping | None = None,
+        cases: Cases | Mapping | None = None,
+        augmentation: Augmentation | Mapping | None = None,
+        unlabelled: Unlabelled | Mapping | None = None,
     ):
         super().__init__()
         self.root = Path(root).expanduser()
         self.split = split
         self.label_values = list(label_values)
         self.patch_size = tuple(int(p) for p in patch_size)
-        self.spatial_dims = 2 if self.patch_size[2] == 1 else 3
+        if spatial_dims not in (2, 3) or (spatial_dims == 2) != (self.patch_size[2] == 1):
+            raise ConfigError(f"data.spatial_dims={spatial_dims} with patch size {list(self.patch_size)}: a 2D "
+                             "model's patches have z-size 1, a 3D model's more")
+        self.spatial_dims = spatial_dims
         self.batch_size = batch_size
-        self.target_spacing_option = target_spacing
-        if not 0.0 <= foreground_fraction <= 1.0:
-            raise ConfigError(f"data.foreground_fraction={foreground_fraction}: give a fraction in [0, 1]")
-        self.foreground_fraction = foreground_fraction
-        self.batches_per_epoch = batches_per_epoch
-        self.samples_per_volume = samples_per_volume
-        self.patch_buffer = patch_buffer
-        self.num_workers = num_workers
-        self.val_patches_per_case = val_patches_per_case
-        self.inner_validation = inner_validation
-        if missing_cases not in ("error", "skip"):
-            raise ConfigError(f"data.missing_cases={missing_cases!r}: use 'error' or 'skip'")
-        self.missing_cases = missing_cases
-        self.optional_test_sets = tuple(optional_test_sets)
-        self.balanced_sampling = balanced_sampling
-        self.test_in_domain = test_in_domain
-        self.intensity_scaling = intensity_scaling
-        if slice_policy not in SLICE_POLICIES:
-            raise ConfigError(f"data.slice_policy={slice_policy!r}: use one of {SLICE_POLICIES}")
-        if slice_size is not None and slice_policy != "resize":
-            raise ConfigError(f"data.slice_size={list(slice_size)} applies to data.slice_policy=resize only "
-                              "(pad keeps each slice's own size): add data.slice_policy=resize, or drop slice_size")
-        self.slice_size = None  # one-slice cases are resized to it (slice_policy=resize)
-        if slice_policy == "resize":
-            self.slice_size = tuple(int(n) for n in (slice_size or self.patch_size[:2]))
-        self.histogram_standardisation = histogram_standardisation
-        self.histogram_landmarks: list[float] | None = None
-        self.augmentation = dict(augmentation or {})
-        self.unlabelled = dict(unlabelled) if unlabelled else None
+        self.preprocessing_options = as_options(Preprocessing, preprocessing)
+        self.slices = as_options(Slices, slices)
+        self.sampling = as_options(Sampling, sampling)
+        self.validation = as_options(Validation, validation)
+        self.cases = as_options(Cases, cases)
+        self.augmentation = as_options(Augmentation, augmentation)
+        self.unlabelled = as_options(Unlabelled, unlabelled) if unlabelled is not None else None
+        self.slice_size = None  # one-slice cases are resized to it (slices.policy=resize)
+        if self.slices.policy == "resize":
+            self.slice_size = tuple(int(n) for n in (self.slices.size or self.patch_size[:2]))
+        # Learnt in setup from the training cases (and saved in checkpoints: preprocessing_state).
         self.target_spacing: tuple[float, ...] | None = None
+        self.histogram_landmarks: list[float] | None = None
         self.records: dict[str, list[CaseRecord]] = {}
-        self.val_monitors_training_cases = False
+        self._datasets: dict[str, CanonicalDataset] = {}  # dataset.json of each dataset, read once
         for warning in split.warnings:
             warnings.warn(warning, stacklevel=2)
 
     # ------------------------------------------------------------------------------------------ cases
-    def _records(self, lists: dict[str, list[str]], need_labels: bool, what: str) -> list[CaseRecord]:
+    def _records(self, lists: dict[str, list[str]], what: str, need_labels: bool,
+                 optional: Collection[str] = ()) -> list[CaseRecord]:
+        """The cases of `lists` (dataset -> case ids); `what` names them in messages. A dataset in `optional` that
+        is not imported is left out with a warning."""
         records = []
         for dataset_name, case_ids in lists.items():
-            if what == "the test split" and dataset_name in self.optional_test_sets \
-                    and not (self.root / dataset_name / "dataset.json").is_file():
+            if dataset_name in optional and not (self.root / dataset_name / "dataset.json").is_file():
                 warnings.warn(f"test set {dataset_name} is not imported under {self.root}: not tested on it "
                               f"(python -m covlight.prepare {dataset_name} ... adds it)", stacklevel=2)
                 continue
             dataset = self._dataset(dataset_name)
-            if self.missing_cases == "skip":
+            if self.cases.missing == "skip":
                 present = [c for c in case_ids if c in dataset.cases]
                 if len(present) < len(case_ids):
                     warnings.warn(f"{dataset.root}: {len(case_ids) - len(present)} of {len(case_ids)} cases of "
                                   f"{what} are not imported; using the {len(present)} present "
-                                  "(data.missing_cases=skip)", stacklevel=2)
+                                  "(data.cases.missing=skip)", stacklevel=2)
                 case_ids = present
             dataset.require(case_ids, what=f"{what} ({dataset_name})")
             for case_id in case_ids:
@@ -259,8 +254,6 @@ class SegmentationDataModule(pl.LightningDataModule):
         return records
 
     def _dataset(self, name: str) -> CanonicalDataset:
-        if not hasattr(self, "_datasets"):
-            self._datasets: dict[str, CanonicalDataset] = {}
         if name not in self._datasets:
             self._datasets[name] = read_dataset(self.root / name)
         return self._datasets[name]
@@ -268,19 +261,21 @@ class SegmentationDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.records:
             return
-        self.records["train"] = self._records(self.split.train, need_labels=True, what="the training split")
-        self.records["val"] = self._records(self.split.val, need_labels=True, what="the validation split")
-        self.records["test"] = self._records(self.split.test, need_labels=True, what="the test split")
-        if self.test_in_domain:  # tasks 2 and 3: the held-out lists are scored too, as in-domain results
+        self.records["train"] = self._records(self.split.train, "the training split", need_labels=True)
+        self.records["val"] = self._records(self.split.val, "the validation split", need_labels=True)
+        self.records["test"] = self._records(self.split.test, "the test split", need_labels=True,
+                                             optional=self.cases.optional_test_sets)
+        if self.cases.test_in_domain:  # tasks 2 and 3: the held-out lists are scored too, as in-domain results
             self.records["test"] = self.records["val"] + self.records["test"]
         if self.unlabelled:
-            pool = pool_lists(self.unlabelled, self.split, lambda name: self._dataset(name).cases)
-            self.records["unlabelled"] = self._records(pool, need_labels=False, what="the unlabelled pool")
-        if self.inner_validation and not self.records["val"]:
-            if self.inner_validation >= len(self.records["train"]):
-                raise DatasetError(f"data.inner_validation={self.inner_validation} leaves no training case")
-            self.records["val"] = self.records["train"][-self.inner_validation:]
-            self.records["train"] = self.records["train"][: -self.inner_validation]
+            pool = pool_lists(self.unlabelled.datasets, self.split, lambda name: self._dataset(name).cases)
+            self.records["unlabelled"] = self._records(pool, "the unlabelled pool", need_labels=False)
+        inner = self.validation.inner_cases
+        if inner and not self.records["val"]:
+            if inner >= len(self.records["train"]):
+                raise DatasetError(f"data.validation.inner_cases={inner} leaves no training case")
+            self.records["val"] = self.records["train"][-inner:]
+            self.records["train"] = self.records["train"][:-inner]
         if not self.records["train"]:
             raise DatasetError("the split has no training cases; check task, source and fold")
         for record in self.records["train"] + self.records["val"] + self.records["test"]:
@@ -292,77 +287,96 @@ class SegmentationDataModule(pl.LightningDataModule):
             if note:
                 warnings.warn(note, stacklevel=2)
         if self.spatial_dims == 3:
-            option = self.target_spacing_option
+            option = self.preprocessing_options.target_spacing
             if option in (None, "auto"):
                 self.target_spacing = target_spacing_of([r.spacing for r in self.records["train"]])
             else:
                 self.target_spacing = tuple(float(s) for s in option)
-        if self.histogram_standardisation:
+        if self.preprocessing_options.histogram_standardisation:
             self.histogram_landmarks = learn_standard_landmarks(
                 read_canonical(r.image_path)[0] for r in tqdm(self.records["train"], desc="histogram landmarks",
                                                               unit="case", leave=False, disable=None))
-        self.val_monitors_training_cases = not self.records["val"]
 
-    def state_dict(self) -> dict:
-        """Saved in every checkpoint, so `covlight.predict` resamples new scans to the spacing the model saw."""
+    def preprocessing_state(self) -> dict:
+        """The arguments of `image_preprocessing` this module uses, as plain values: saved in every checkpoint under
+        `PREPROCESSING_KEY` (see `SupervisedSegmentation.on_save_checkpoint`), so `covlight.predict` resamples,
+        resizes and scales new scans as the model's training scans."""
         return {"target_spacing": list(self.target_spacing) if self.target_spacing is not None else None,
                 "slice_size": list(self.slice_size) if self.slice_size is not None else None,
-                "intensity_scaling": self.intensity_scaling,
+                "intensity_scaling": self.preprocessing_options.intensity_scaling,
                 "histogram_landmarks": self.histogram_landmarks}
 
     # ------------------------------------------------------------------------------------- transforms
-    def preprocessing(self, with_label: bool) -> tio.Compose:
-        """Deterministic steps shared by training, validation and test (the test inverts the resampling)."""
-        steps = image_preprocessing(self.target_spacing, self.slice_size, self.intensity_scaling,
-                                    self.histogram_landmarks)
+    def preprocessing(self, with_label: bool, pad: bool = False) -> tio.Compose:
+        """Deterministic steps shared by training, validation and test (the test inverts the resampling).
+
+        `with_label`: the label becomes class indices. `pad`: the case is padded to at least the patch size, for
+        patches to be drawn from it (whole test cases are not: the sliding window covers them).
+        """
+        steps = image_preprocessing(self.target_spacing, self.slice_size,
+                                    self.preprocessing_options.intensity_scaling, self.histogram_landmarks)
         if with_label:
-            steps.append(ToClassIndices(self.label_values))
-            steps.append(PadToAtLeast(self.patch_size))
+            steps += class_indices(self.label_values)
+        if pad:
+            steps.append(pad_to_at_least(self.patch_size))
         return tio.Compose(steps)
 
-    def _subject(self, record: CaseRecord) -> tio.Subject:
-        subject = tio.Subject(
-            image=tio.ScalarImage(record.image_path, reader=read_canonical),
-            label=tio.LabelMap(record.label_path, reader=read_canonical),
-            case_id=record.case_id,
-            dataset=record.dataset,
-            intensity=record.intensity,
-        )
-        return subject
-
-    def _subjects_dataset(self, records: list[CaseRecord]) -> tio.SubjectsDataset:
-        return tio.SubjectsDataset([self._subject(r) for r in records], transform=self.preprocessing(with_label=True))
+    def _patch_source(self, records: list[CaseRecord], labelled: bool = True) -> tio.SubjectsDataset:
+        """Cases to draw patches from; unlabelled ones without their label (an unlabelled pool's labels, if
+        present, are never read)."""
+        subjects = []
+        for record in records:
+            subject = tio.Subject(image=tio.ScalarImage(record.image_path, reader=read_canonical),
+                                  case_id=record.case_id, dataset=record.dataset, intensity=record.intensity)
+            if labelled:
+                subject.add_image(tio.LabelMap(record.label_path, reader=read_canonical), "label")
+            subjects.append(subject)
+        return tio.SubjectsDataset(subjects, transform=self.preprocessing(with_label=labelled, pad=True))
 
     # ------------------------------------------------------------------------------------ dataloaders
-    def train_dataloader(self) -> DataLoader | CombinedLoader:
-        stream = PatchStream(
-            self._subjects_dataset(self.records["train"]),
-            sampler=ForegroundSampler(self.patch_size, self.foreground_fraction),
-            samples_per_volume=self.samples_per_volume,
-            patches_per_epoch=self.batches_per_epoch * self.batch_size,
-            buffer_size=self.patch_buffer,
-            augmentation=augmentation_preset(self.spatial_dims, **self.augmentation),
-            groups=[r.dataset for r in self.records["train"]] if self.balanced_sampling else None,
-        )
+    def _stream_loader(self, stream: PatchStream, batch_size: int) -> DataLoader:
         # Workers start afresh each epoch, seeded from the epoch's seed (see callbacks/seeding.py).
-        labelled = DataLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers,
-                              worker_init_fn=_single_threaded_worker)
+        return DataLoader(stream, batch_size=batch_size, num_workers=self.sampling.num_workers,
+                          worker_init_fn=_single_threaded_worker)
+
+    def train_dataloader(self) -> DataLoader | CombinedLoader:
+        sampling = self.sampling
+        augmentation = augmentation_preset(self.spatial_dims, self.augmentation)
+        stream = PatchStream(
+            self._patch_source(self.records["train"]),
+            sampler=ForegroundSampler(self.patch_size, sampling.foreground_fraction),
+            samples_per_volume=sampling.samples_per_volume,
+            patches_per_epoch=sampling.batches_per_epoch * self.batch_size,
+            buffer_size=sampling.patch_buffer,
+            augmentation=augmentation,
+            groups=[r.dataset for r in self.records["train"]] if sampling.balanced else None,
+        )
+        labelled = self._stream_loader(stream, self.batch_size)
         if not self.unlabelled:
             return labelled
-        unlabelled = unlabelled_dataloader(self, augmentation_preset(self.spatial_dims, **self.augmentation),
-                                           _single_threaded_worker)
-        return CombinedLoader({"labelled": labelled, "unlabelled": unlabelled}, mode="max_size_cycle")
+        # As many batches per epoch as the labelled loader, `ratio` times its size, of patches drawn uniformly.
+        batch_size = unlabelled_batch_size(self.unlabelled.ratio, self.batch_size)
+        pool = UnlabelledStream(
+            self._patch_source(self.records["unlabelled"], labelled=False),
+            sampler=tio.UniformSampler(self.patch_size),
+            samples_per_volume=sampling.samples_per_volume,
+            patches_per_epoch=sampling.batches_per_epoch * batch_size,
+            buffer_size=sampling.patch_buffer,
+            augmentation=augmentation,
+        )
+        return CombinedLoader({"labelled": labelled, "unlabelled": self._stream_loader(pool, batch_size)},
+                              mode="max_size_cycle")
 
     def val_dataloader(self) -> DataLoader:
-        records = self.records["val"] or self.records["train"]
+        records = self.records["val"] or self.records["train"]  # task 1: training cases (never test cases)
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(1234)  # the same validation patches every epoch and every run
         try:
-            dataset = self._subjects_dataset(records)
+            dataset = self._patch_source(records)
             sampler = ForegroundSampler(self.patch_size, foreground_fraction=0.5)
             patches = []
             for subject in dataset:
-                for patch in sampler(subject, self.val_patches_per_case):
+                for patch in sampler(subject, self.validation.patches_per_case):
                     patches.append({"image": patch["image"].data.float(), "label": patch["label"].data.long()})
         finally:
             torch.random.set_rng_state(generator_state)
@@ -371,4 +385,4 @@ class SegmentationDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         records = self.records["test"]
         dataset = WholeCaseDataset(records, self.preprocessing(with_label=False))
-        return DataLoader(dataset, batch_size=1, collate_fn=_first, num_workers=min(self.num_workers, 1))
+        return DataLoader(dataset, batch_size=1, collate_fn=_first, num_workers=min(self.sampling.num_workers, 1))

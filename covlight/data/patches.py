@@ -11,21 +11,20 @@ import torch
 import torchio as tio
 from torch.utils.data import IterableDataset, get_worker_info
 
-from covlight.data.sampling import ForegroundSampler
-
 
 class PatchStream(IterableDataset):
     """`patches_per_epoch` augmented patches per epoch, split over the loader's workers.
 
     With `groups` (the dataset of each case) datasets are sampled equally often, whatever their size
-    (`source=all`: balanced sampling over sources). Each worker keeps a buffer of up to `buffer_size` patches drawn `samples_per_volume` at a time from cases
-    it loads in a random order, and hands out a random one from the buffer.
+    (`source=all`: balanced sampling over sources). Each worker keeps a buffer of up to `buffer_size` patches drawn
+    `samples_per_volume` at a time from cases it loads in a random order, and hands out a random one from the
+    buffer, augmented and made a batch item by `item`.
     """
 
     def __init__(
         self,
         subjects: tio.SubjectsDataset,
-        sampler: ForegroundSampler,
+        sampler: tio.data.PatchSampler,
         samples_per_volume: int,
         patches_per_epoch: int,
         buffer_size: int,
@@ -73,5 +72,9 @@ class PatchStream(IterableDataset):
             patch = buffer.pop(int(torch.randint(len(buffer), ())))
             if self.augmentation is not None:
                 patch = self.augmentation(patch)
-            yield {"image": patch["image"].data.float(), "label": patch["label"].data.to(torch.uint8),
-                   "dataset": patch["dataset"]}
+            yield self.item(patch)
+
+    def item(self, patch: tio.Subject) -> dict:
+        """What one patch becomes in a batch (the hook a stream of other patches overrides)."""
+        return {"image": patch["image"].data.float(), "label": patch["label"].data.to(torch.uint8),
+                "dataset": patch["dataset"]}

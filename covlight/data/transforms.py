@@ -1,4 +1,5 @@
-"""TorchIO transforms covlight adds: case checks, label-to-class mapping, padding, and the augmentation preset."""
+"""TorchIO transforms covlight adds (case checks, intensity scaling, slice resizing, contrast and histogram
+augmentation), TorchIO's own label remapping and padding as covlight uses them, and the augmentation preset."""
 
 from __future__ import annotations
 
@@ -7,16 +8,17 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torchio as tio
+from torchio.transforms.augmentation import RandomTransform
 
-from covlight.data.canonical import INTENSITY_KINDS, LABELS
+from covlight.benchmark import LABELS
+from covlight.data.canonical import INTENSITY_KINDS
+from covlight.data.options import INTENSITY_SCALINGS, Augmentation
 from covlight.errors import ConfigError, DatasetError
 
 # Stored images are 0..255 whatever the source kind (docs/ARCHITECTURE.md); this is the range each kind is scaled from.
 STORED_RANGE = {kind: (0.0, 255.0) for kind in INTENSITY_KINDS}
 
 
-INTENSITY_SCALINGS = ("range", "zscore")
-SLICE_POLICIES = ("pad", "resize")
 
 
 class ScaleIntensity(tio.Transform):
@@ -29,7 +31,7 @@ class ScaleIntensity(tio.Transform):
     def __init__(self, scaling: str = "range", **kwargs):
         super().__init__(**kwargs)
         if scaling not in INTENSITY_SCALINGS:
-            raise ConfigError(f"data.intensity_scaling={scaling!r}: use one of {INTENSITY_SCALINGS}")
+            raise ConfigError(f"data.preprocessing.intensity_scaling={scaling!r}: use one of {INTENSITY_SCALINGS}")
         self.scaling = scaling
 
     def apply_transform(self, subject: tio.Subject) -> tio.Subject:
@@ -84,69 +86,72 @@ class CheckCase(tio.Transform):
         return subject
 
 
-class ToClassIndices(tio.Transform):
-    """Map canonical label values to the subtask's class indices (values the subtask ignores become 0)."""
+def class_indices(label_values: Sequence[int]) -> list[tio.Transform]:
+    """Canonical label values to the subtask's class indices (values the subtask ignores become 0): a RemapLabels
+    of the values that change, none for a subtask of every label."""
+    values = list(label_values)
+    remapping = {value: values.index(value) if value in values else 0 for value in LABELS.values()}
+    changes = {old: new for old, new in remapping.items() if old != new}
+    return [tio.RemapLabels(changes)] if changes else []
 
-    def __init__(self, label_values: Sequence[int], **kwargs):
+
+def pad_to_at_least(size: Sequence[int]) -> tio.Transform:
+    """Pad every spatial size to at least `size`, never crop: each image with its minimum (a label with 0, its
+    background). An odd amount puts the extra voxel before the image (TorchIO's rule)."""
+    return tio.CropOrPad(tuple(int(n) for n in size), padding_mode="minimum", only_pad=True)
+
+
+class Contrast(tio.IntensityTransform):
+    """Scale each image's deviation from its mean by `factor` (one per image name), clipped to its original range."""
+
+    def __init__(self, factor: float | dict[str, float], **kwargs):
         super().__init__(**kwargs)
-        self.label_values = list(label_values)
-        lut = torch.zeros(max(LABELS.values()) + 1, dtype=torch.int64)
-        for index, value in enumerate(self.label_values):
-            lut[value] = index
-        self.lut = lut
+        self.factor = factor
+        self.args_names = ["factor"]
 
     def apply_transform(self, subject: tio.Subject) -> tio.Subject:
-        if "label" in subject:
-            label = subject["label"]
-            label.set_data(self.lut[label.data.long()].to(torch.uint8))
+        for name, image in self.get_images_dict(subject).items():
+            data = image.data.float()
+            mean = data.mean()
+            image.set_data(((data - mean) * self.get_parameter(self.factor, name) + mean).clamp(data.min(), data.max()))
         return subject
 
 
-class PadToAtLeast(tio.Transform):
-    """Pad (image with its minimum, label with 0) so every spatial size is at least `size`."""
-
-    def __init__(self, size: Sequence[int], **kwargs):
-        super().__init__(**kwargs)
-        self.size = np.asarray(size, dtype=int)
-
-    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
-        missing = np.maximum(self.size - np.asarray(subject.spatial_shape), 0)
-        if not missing.any():
-            return subject
-        before = missing // 2
-        after = missing - before
-        padding = [int(v) for pair in zip(before, after, strict=True) for v in pair]
-        for image in subject.get_images(intensity_only=False):
-            fill = 0 if isinstance(image, tio.LabelMap) else float(image.data.min())
-            image.set_data(torch.nn.functional.pad(image.data, _torch_pad(padding), value=fill))
-        return subject
-
-
-def _torch_pad(padding: list[int]) -> list[int]:
-    """TorchIO order (x0, x1, y0, y1, z0, z1) -> torch.nn.functional.pad order (last axis first)."""
-    return padding[4:6] + padding[2:4] + padding[0:2]
-
-
-class RandomContrast(tio.Transform):
-    """nnU-Net's contrast augmentation: scale each image's deviation from its mean by a factor drawn from
-    `factor_range`, then clip to the image's original range."""
+class RandomContrast(RandomTransform, tio.IntensityTransform):
+    """nnU-Net's contrast augmentation: `Contrast` with a factor drawn from `factor_range` per image."""
 
     def __init__(self, factor_range: Sequence[float] = (0.75, 1.25), **kwargs):
         super().__init__(**kwargs)
         self.factor_range = tuple(factor_range)
 
     def apply_transform(self, subject: tio.Subject) -> tio.Subject:
-        for image in subject.get_images(intensity_only=True):
+        factors = {name: float(torch.empty(()).uniform_(*self.factor_range))
+                   for name in self.get_images_dict(subject)}
+        return Contrast(factors, **self._get_base_args())(subject)
+
+
+class HistogramWarp(tio.IntensityTransform):
+    """A monotone piecewise-linear remapping between the image's deciles: each of the 10 gaps between consecutive
+    deciles is scaled by its `factors` entry (one list per image name), the overall range kept."""
+
+    def __init__(self, factors: Sequence[float] | dict[str, Sequence[float]], **kwargs):
+        super().__init__(**kwargs)
+        self.factors = factors
+        self.args_names = ["factors"]
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        for name, image in self.get_images_dict(subject).items():
             data = image.data.float()
-            factor = torch.empty(()).uniform_(*self.factor_range)
-            mean = data.mean()
-            image.set_data(((data - mean) * factor + mean).clamp(data.min(), data.max()))
+            source = torch.quantile(data.flatten(), torch.linspace(0, 1, 11))
+            gaps = source.diff() * torch.as_tensor(self.get_parameter(self.factors, name), dtype=torch.float32)
+            scale = (source[-1] - source[0]) / gaps.sum().clamp_min(1e-8)
+            target = source[0] + torch.cat([torch.zeros(1), gaps.cumsum(0)]) * scale
+            image.set_data(torch.from_numpy(np.interp(data.numpy(), source.numpy(), target.numpy())).float())
         return subject
 
 
-class RandomHistogramWarp(tio.Transform):
-    """Histogram augmentation: a random monotone piecewise-linear remapping between the image's deciles (each gap
-    between consecutive deciles scaled by exp(U(-strength, strength)), the overall range kept), so intensity
+class RandomHistogramWarp(RandomTransform, tio.IntensityTransform):
+    """Histogram augmentation: `HistogramWarp` with each gap factor exp(U(-strength, strength)), so intensity
     histograms vary as between scanners and reconstructions."""
 
     def __init__(self, strength: float = 0.5, **kwargs):
@@ -154,37 +159,12 @@ class RandomHistogramWarp(tio.Transform):
         self.strength = strength
 
     def apply_transform(self, subject: tio.Subject) -> tio.Subject:
-        for image in subject.get_images(intensity_only=True):
-            data = image.data.float()
-            source = torch.quantile(data.flatten(), torch.linspace(0, 1, 11))
-            gaps = source.diff() * torch.empty(10).uniform_(-self.strength, self.strength).exp()
-            scale = (source[-1] - source[0]) / gaps.sum().clamp_min(1e-8)
-            target = source[0] + torch.cat([torch.zeros(1), gaps.cumsum(0)]) * scale
-            image.set_data(torch.from_numpy(np.interp(data.numpy(), source.numpy(), target.numpy())).float())
-        return subject
+        factors = {name: torch.empty(10).uniform_(-self.strength, self.strength).exp().tolist()
+                   for name in self.get_images_dict(subject)}
+        return HistogramWarp(factors, **self._get_base_args())(subject)
 
 
-def augmentation_preset(
-    spatial_dims: int,
-    affine_probability: float = 0.2,
-    scales: Sequence[float] = (0.85, 1.25),
-    degrees: float = 15,
-    gamma_probability: float = 0.3,
-    log_gamma: Sequence[float] = (-0.3, 0.3),
-    noise_probability: float = 0.15,
-    noise_std: Sequence[float] = (0.0, 0.05),
-    blur_probability: float = 0.2,
-    blur_std: Sequence[float] = (0.5, 1.0),
-    low_resolution_probability: float = 0.15,
-    low_resolution_factor: Sequence[float] = (1.0, 2.0),
-    flip_axes: Sequence[int] = (),
-    bias_field_probability: float = 0.0,
-    bias_field_coefficients: float = 0.2,
-    contrast_probability: float = 0.0,
-    contrast_range: Sequence[float] = (0.75, 1.25),
-    histogram_probability: float = 0.0,
-    histogram_strength: float = 0.5,
-) -> tio.Compose:
+def augmentation_preset(spatial_dims: int, options: Augmentation | None = None) -> tio.Compose:
     """The nnU-Net-spirit preset: affine, gamma, noise, blur, simulated low resolution (and flips if asked).
 
     Off by default, for intensity domain generalisation: bias field, contrast and histogram augmentation
@@ -192,28 +172,29 @@ def augmentation_preset(
 
     Rotations are in-plane for 2D models and mostly in-plane for 3D (slices are usually much thicker).
     """
+    a = options or Augmentation()
     if spatial_dims == 2:
-        rotation = (0, 0, 0, 0, -degrees, degrees)
+        rotation = (0, 0, 0, 0, -a.degrees, a.degrees)
         low_resolution_axes = (0, 1)
     else:
-        small = degrees / 3
-        rotation = (-small, small, -small, small, -degrees, degrees)
+        small = a.degrees / 3
+        rotation = (-small, small, -small, small, -a.degrees, a.degrees)
         low_resolution_axes = (0, 1, 2)
     transforms = [
-        tio.RandomAffine(scales=tuple(scales), degrees=rotation, default_pad_value="minimum",
-                         p=affine_probability),
-        tio.RandomAnisotropy(axes=low_resolution_axes, downsampling=tuple(low_resolution_factor),
-                             p=low_resolution_probability),
-        tio.RandomBlur(std=tuple(blur_std), p=blur_probability),
-        tio.RandomNoise(std=tuple(noise_std), p=noise_probability),
-        tio.RandomGamma(log_gamma=tuple(log_gamma), p=gamma_probability),
+        tio.RandomAffine(scales=tuple(a.scales), degrees=rotation, default_pad_value="minimum",
+                         p=a.affine_probability),
+        tio.RandomAnisotropy(axes=low_resolution_axes, downsampling=tuple(a.low_resolution_factor),
+                             p=a.low_resolution_probability),
+        tio.RandomBlur(std=tuple(a.blur_std), p=a.blur_probability),
+        tio.RandomNoise(std=tuple(a.noise_std), p=a.noise_probability),
+        tio.RandomGamma(log_gamma=tuple(a.log_gamma), p=a.gamma_probability),
     ]
-    if flip_axes:
-        transforms.insert(0, tio.RandomFlip(axes=tuple(flip_axes), flip_probability=0.5))
-    if bias_field_probability:
-        transforms.append(tio.RandomBiasField(coefficients=bias_field_coefficients, p=bias_field_probability))
-    if contrast_probability:
-        transforms.append(RandomContrast(contrast_range, p=contrast_probability))
-    if histogram_probability:
-        transforms.append(RandomHistogramWarp(histogram_strength, p=histogram_probability))
+    if a.flip_axes:
+        transforms.insert(0, tio.RandomFlip(axes=tuple(a.flip_axes), flip_probability=0.5))
+    if a.bias_field_probability:
+        transforms.append(tio.RandomBiasField(coefficients=a.bias_field_coefficients, p=a.bias_field_probability))
+    if a.contrast_probability:
+        transforms.append(RandomContrast(a.contrast_range, p=a.contrast_probability))
+    if a.histogram_probability:
+        transforms.append(RandomHistogramWarp(a.histogram_strength, p=a.histogram_probability))
     return tio.Compose(transforms)

@@ -1,6 +1,6 @@
 """The unlabelled pool of semi-supervised and domain-adaptation methods: which cases, and their patch stream.
 
-Configured as `data.unlabelled = {"datasets": ..., "ratio": r}`: `datasets` is a list of dataset names (every case
+Configured as `data.unlabelled = {"datasets": ..., "ratio": r}` (`covlight.data.options.Unlabelled`): `datasets` is a list of dataset names (every case
 of each) or a mapping name -> "all" | [case ids]; `ratio` is the number of unlabelled patches per labelled patch.
 Unlabelled cases need only an image (a label file, if present, is never read).
 
@@ -16,14 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-import torch
 import torchio as tio
-from torch.utils.data import DataLoader
 
-from covlight.data.canonical import read_canonical
+from covlight.benchmark import COVID, COVID_CASES, MOSMED, MOSMED_CASES
 from covlight.data.patches import PatchStream
-from covlight.data.splits import COVID, COVID_CASES, MOSMED, MOSMED_CASES, Split
-from covlight.data.transforms import PadToAtLeast
+from covlight.data.splits import Split
 from covlight.errors import DatasetError
 
 TEST_DATASETS = {
@@ -32,12 +29,10 @@ TEST_DATASETS = {
 }
 
 
-def pool_lists(unlabelled: dict, split: Split, cases_of: Callable[[str], Iterable[str]]) -> dict[str, list[str]]:
-    """dataset name -> case ids of the pool, checked against the rule above (DatasetError naming the fix).
-
-    `cases_of(name)` lists the cases of a dataset (for "all").
+def pool_lists(datasets, split: Split, cases_of: Callable[[str], Iterable[str]]) -> dict[str, list[str]]:
+    """dataset name -> case ids of the pool (`data.unlabelled.datasets`), checked against the rule above
+    (DatasetError naming the fix). `cases_of(name)` lists the cases of a dataset (for "all").
     """
-    datasets = unlabelled.get("datasets")
     if isinstance(datasets, str):
         datasets = [datasets]
     if not datasets:
@@ -64,41 +59,12 @@ def pool_lists(unlabelled: dict, split: Split, cases_of: Callable[[str], Iterabl
 
 
 class UnlabelledStream(PatchStream):
-    """Augmented image patches (no label) drawn uniformly from the pool's cases; `dataset` names each one's domain."""
+    """Augmented image patches (no label) of the pool's cases; `dataset` names each one's domain."""
 
-    def __iter__(self):
-        cases = self._case_order()
-        buffer: list[tio.Subject] = []
-        for _ in range(self._share()):
-            while len(buffer) < self.buffer_size:
-                buffer.extend(self.sampler(self.subjects[next(cases)], self.samples_per_volume))
-            patch = buffer.pop(int(torch.randint(len(buffer), ())))
-            if self.augmentation is not None:
-                patch = self.augmentation(patch)
-            yield {"image": patch["image"].data.float(), "dataset": patch["dataset"]}
+    def item(self, patch: tio.Subject) -> dict:
+        return {"image": patch["image"].data.float(), "dataset": patch["dataset"]}
 
 
 def unlabelled_batch_size(ratio: float, batch_size: int) -> int:
-    if ratio <= 0:
-        raise DatasetError(f"data.unlabelled.ratio must be > 0 (unlabelled patches per labelled patch), got {ratio}")
+    """`ratio` unlabelled patches per labelled patch, at least one."""
     return max(1, round(ratio * batch_size))
-
-
-def unlabelled_dataloader(datamodule, augmentation: tio.Transform | None, worker_init_fn) -> DataLoader:
-    """As many batches per epoch as the labelled loader, `ratio` x its batch size, from `records["unlabelled"]`."""
-    batch_size = unlabelled_batch_size(float(datamodule.unlabelled.get("ratio", 1.0)), datamodule.batch_size)
-    subjects = tio.SubjectsDataset(
-        [tio.Subject(image=tio.ScalarImage(r.image_path, reader=read_canonical), dataset=r.dataset, intensity=r.intensity)
-         for r in datamodule.records["unlabelled"]],
-        transform=tio.Compose([datamodule.preprocessing(with_label=False), PadToAtLeast(datamodule.patch_size)]),
-    )
-    stream = UnlabelledStream(
-        subjects,
-        sampler=tio.UniformSampler(datamodule.patch_size),
-        samples_per_volume=datamodule.samples_per_volume,
-        patches_per_epoch=datamodule.batches_per_epoch * batch_size,
-        buffer_size=datamodule.patch_buffer,
-        augmentation=augmentation,
-    )
-    return DataLoader(stream, batch_size=batch_size, num_workers=datamodule.num_workers, worker_init_fn=worker_init_fn)
-

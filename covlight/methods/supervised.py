@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from covlight.benchmark import STRUCTURE_OF_VALUE
+from covlight.data.options import PREPROCESSING_KEY
 from covlight.inference import sliding_window_predict
 from covlight.methods.losses import DiceCELoss, deep_supervision_loss
 
@@ -165,6 +166,13 @@ class SupervisedSegmentation(pl.LightningModule):
         return {"prediction": prediction}
 
     # ------------------------------------------------------------------------------------ optimisation
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """The data module's preprocessing goes with the weights, under one key whatever the data module's class:
+        `covlight.predict` treats new scans as the training scans were."""
+        datamodule = self.trainer.datamodule
+        if datamodule is not None:
+            checkpoint[PREPROCESSING_KEY] = datamodule.preprocessing_state()
+
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:

@@ -20,8 +20,9 @@ TINY_3D = [
     "model.module.net.features_per_stage=[8,16,32]", "model.module.net.strides=[[1,1,1],[2,2,2],[2,2,2]]",
 ]
 FAST = [
-    "trainer=debug", "data.batches_per_epoch=2", "data.samples_per_volume=2", "data.patch_buffer=4",
-    "data.num_workers=0", "data.val_patches_per_case=1", "print_config=false",
+    "trainer=debug", "data.sampling.batches_per_epoch=2", "data.sampling.samples_per_volume=2",
+    "data.sampling.patch_buffer=4",
+    "data.sampling.num_workers=0", "data.validation.patches_per_case=1", "print_config=false",
 ]
 
 

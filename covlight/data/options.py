@@ -1,0 +1,163 @@
+"""The data module's options, in groups: each dataclass is an argument of `SegmentationDataModule` and, registered
+in Hydra's ConfigStore as `data_schema`, the schema of `conf/data` (types and defaults in one place: Hydra refuses
+`data.sampling.batches_per_epoch=1.5` or an unknown key). `conf/data/default.yaml` documents each key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from covlight.errors import ConfigError
+
+INTENSITY_SCALINGS = ("range", "zscore")
+SLICE_POLICIES = ("pad", "resize")
+MISSING_CASES = ("error", "skip")
+
+# The checkpoint entry holding the data module's preprocessing (`SegmentationDataModule.preprocessing_state`):
+# written with every checkpoint, read by `covlight.predict` to treat new scans as the model's training scans.
+PREPROCESSING_KEY = "covlight_preprocessing"
+
+
+def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"data.{key}={value!r}: use one of {allowed}")
+
+
+@dataclass
+class Preprocessing:
+    """Deterministic steps of every stage (and of `covlight.predict`)."""
+
+    target_spacing: Any = "auto"  # 3D: "auto" (nnU-Net's rule over the training cases) or [x, y, z] in mm
+    intensity_scaling: str = "range"
+    histogram_standardisation: bool = False
+
+    def __post_init__(self):
+        _one_of("preprocessing.intensity_scaling", self.intensity_scaling, INTENSITY_SCALINGS)
+        spacing = self.target_spacing
+        if spacing not in (None, "auto") and (isinstance(spacing, str) or not isinstance(spacing, Sequence)
+                                                  or len(spacing) != 3):
+            raise ConfigError(f"data.preprocessing.target_spacing={spacing!r}: use auto or three numbers [x, y, z]")
+
+
+@dataclass
+class Slices:
+    """2D slice sets (one-slice cases) of varying sizes."""
+
+    policy: str = "pad"
+    size: list[int] | None = None
+
+    def __post_init__(self):
+        _one_of("slices.policy", self.policy, SLICE_POLICIES)
+        if self.size is not None and self.policy != "resize":
+            raise ConfigError(f"data.slices.size={list(self.size)} applies to data.slices.policy=resize only (pad "
+                             "keeps each slice's own size): add data.slices.policy=resize, or drop slices.size")
+
+
+@dataclass
+class Sampling:
+    """How training patches are drawn and served."""
+
+    foreground_fraction: float = 0.33
+    batches_per_epoch: int = 250
+    samples_per_volume: int = 16
+    patch_buffer: int = 96
+    num_workers: int = 2
+    balanced: bool = False
+
+    def __post_init__(self):
+        if not 0.0 <= self.foreground_fraction <= 1.0:
+            raise ConfigError(f"data.sampling.foreground_fraction must be in [0, 1], got {self.foreground_fraction}")
+
+
+@dataclass
+class Validation:
+    patches_per_case: int = 4
+    inner_cases: int = 0
+
+
+@dataclass
+class Cases:
+    """What the module does with the split's case lists."""
+
+    missing: str = "error"
+    optional_test_sets: list[str] = field(default_factory=lambda: ["mosmed"])
+    test_in_domain: bool = True
+
+    def __post_init__(self):
+        _one_of("cases.missing", self.missing, MISSING_CASES)
+
+
+@dataclass
+class Augmentation:
+    """The arguments of `covlight.data.transforms.augmentation_preset` (besides the spatial dimensions)."""
+
+    affine_probability: float = 0.2
+    scales: list[float] = field(default_factory=lambda: [0.85, 1.25])
+    degrees: float = 15.0
+    gamma_probability: float = 0.3
+    log_gamma: list[float] = field(default_factory=lambda: [-0.3, 0.3])
+    noise_probability: float = 0.15
+    noise_std: list[float] = field(default_factory=lambda: [0.0, 0.05])
+    blur_probability: float = 0.2
+    blur_std: list[float] = field(default_factory=lambda: [0.5, 1.0])
+    low_resolution_probability: float = 0.15
+    low_resolution_factor: list[float] = field(default_factory=lambda: [1.0, 2.0])
+    flip_axes: list[int] = field(default_factory=list)
+    bias_field_probability: float = 0.0
+    bias_field_coefficients: float = 0.2
+    contrast_probability: float = 0.0
+    contrast_range: list[float] = field(default_factory=lambda: [0.75, 1.25])
+    histogram_probability: float = 0.0
+    histogram_strength: float = 0.5
+
+
+@dataclass
+class Unlabelled:
+    """The unlabelled pool of semi-supervised and domain-adaptation methods (see `covlight.data.unlabelled`)."""
+
+    datasets: Any = field(default_factory=list)  # dataset names, or a mapping name -> "all" | [case ids]
+    ratio: float = 1.0
+
+    def __post_init__(self):
+        if self.ratio <= 0:
+            raise ConfigError(f"data.unlabelled.ratio must be > 0 (unlabelled patches per labelled patch), "
+                             f"got {self.ratio}")
+
+
+@dataclass
+class DataConfig:
+    """The schema of the whole `data` node. `_convert_: object` hands the groups to the module as dataclasses."""
+
+    _target_: str = "covlight.data.datamodule.SegmentationDataModule"
+    _convert_: str = "object"
+    root: str = MISSING
+    split: Any = MISSING
+    label_values: list[int] = MISSING
+    spatial_dims: int = MISSING
+    patch_size: list[int] = MISSING
+    batch_size: int = MISSING
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    slices: Slices = field(default_factory=Slices)
+    sampling: Sampling = field(default_factory=Sampling)
+    validation: Validation = field(default_factory=Validation)
+    cases: Cases = field(default_factory=Cases)
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    unlabelled: Unlabelled | None = None
+
+
+def as_options(kind: type, value):
+    """`value` as the dataclass `kind`: given as one, as a mapping of its fields (a config read back from a run's
+    config.yaml), or None for the defaults."""
+    if value is None:
+        return kind()
+    if isinstance(value, Mapping):
+        return kind(**value)
+    return value
+
+
+ConfigStore.instance().store(group="data", name="data_schema", node=DataConfig)
