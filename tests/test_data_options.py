@@ -13,7 +13,7 @@ from covlight.data.datamodule import SegmentationDataModule
 from covlight.data.options import DataConfig, Sampling, Slices
 from covlight.data.splits import Split
 from covlight.errors import ConfigError
-from tests.conftest import compose_config
+from tests.helpers.runs import compose_config
 
 
 def test_the_yaml_shows_every_option_with_the_schemas_default():
