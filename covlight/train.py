@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from covlight.callbacks.scoring import METRICS_FILE, CaseScoring
-from covlight.config import ConfigError, check_combination, read_status, write_status
+from covlight.config import ConfigError, check_combination, claim_run_dir, read_status, write_status
 from covlight.data.canonical import DatasetError
 
 log = logging.getLogger("covlight")
@@ -93,10 +93,9 @@ def run(cfg: DictConfig) -> dict:
     """
     check_combination(cfg)
     run_dir = Path(cfg.paths.output_dir)
-    if read_status(run_dir).get("state") == "finished":
-        raise ConfigError(f"{run_dir} holds a finished run; it is never touched. Start a new run instead.")
     if cfg.print_config:
         rank_zero_only(print_config_tree)(cfg)
+    rank_zero_only(claim_run_dir)(run_dir, resume=cfg.resume == "auto")
     rank_zero_only(_start_run_folder)(cfg, run_dir)
     try:
         summary = _train_and_test(cfg, run_dir)
@@ -108,7 +107,6 @@ def run(cfg: DictConfig) -> dict:
 
 
 def _start_run_folder(cfg: DictConfig, run_dir: Path) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
     config = {k: v for k, v in resolved_container(cfg).items() if k != "hydra"}
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config), encoding="utf-8")
     identity = {k: config.get(k) for k in ("name", "fold", "seed")}

@@ -123,7 +123,7 @@ def test_uncertainty_mask_keeps_only_low_entropy_voxels():
 
 
 def test_ema_teacher_moves_at_the_configured_rate_and_gets_no_gradients():
-    module = MeanTeacher(tiny_net(), optimizer=partial(torch.optim.SGD, lr=0.1), ema_decay=0.9,
+    module = MeanTeacher(tiny_net(), spatial_dims=2, optimizer=partial(torch.optim.SGD, lr=0.1), ema_decay=0.9,
                          label_values=[0, 1], inference={"patch_size": [16, 16, 1]})
     assert not any(p.requires_grad for p in module.teacher.parameters())
     module.on_train_start()  # a fresh start: teacher = student
@@ -159,7 +159,7 @@ def test_block_mask_covers_whole_blocks_at_the_ratio():
 
 def test_pretraining_objective_decreases():
     torch.manual_seed(0)
-    module = MaskedRestoration(tiny_net(), optimizer=None, label_values=[0, 1], block_size=4,
+    module = MaskedRestoration(tiny_net(), spatial_dims=2, optimizer=None, label_values=[0, 1], block_size=4,
                                inference={"patch_size": [32, 32, 1]})
     smooth = torch.nn.functional.avg_pool2d(torch.rand(8, 1, 40, 40), 9, stride=1)  # 32 x 32, smooth
     images = (smooth - smooth.min()) / (smooth.max() - smooth.min())
