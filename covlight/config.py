@@ -211,8 +211,8 @@ def claim_run_dir(run_dir: Path, resume: bool) -> None:
         with open(run_dir / STATUS_FILE, "x", encoding="utf-8") as handle:
             handle.write(json.dumps({"state": "running"}) + "\n")
     except FileExistsError:
-        raise ConfigError(f"{run_dir} was claimed by another run started at the same moment; start this one again "
-                          "(it gets a new folder), or resume=auto to continue an unfinished run") from None
+        raise ConfigError(f"{run_dir} is claimed by another run ({STATUS_FILE}: {state or 'just created'}); start "
+                          "this one again for a new folder, or resume=auto to continue an unfinished run") from None
 
 
 def _register_resolvers() -> None:

@@ -93,9 +93,9 @@ def run(cfg: DictConfig) -> dict:
     """
     check_combination(cfg)
     run_dir = Path(cfg.paths.output_dir)
+    rank_zero_only(claim_run_dir)(run_dir, resume=cfg.resume == "auto")
     if cfg.print_config:
         rank_zero_only(print_config_tree)(cfg)
-    rank_zero_only(claim_run_dir)(run_dir, resume=cfg.resume == "auto")
     rank_zero_only(_start_run_folder)(cfg, run_dir)
     try:
         summary = _train_and_test(cfg, run_dir)

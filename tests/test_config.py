@@ -180,7 +180,7 @@ def test_a_run_folder_is_claimed_once_and_a_finished_one_never(tmp_path):
     folder = tmp_path / "run"
     claim_run_dir(folder, resume=False)
     assert read_status(folder)["state"] == "running"
-    with pytest.raises(ConfigError, match="claimed by another run"):
+    with pytest.raises(ConfigError, match="is claimed by another run"):
         claim_run_dir(folder, resume=False)
     write_status(folder, "failed")
     claim_run_dir(folder, resume=True)
