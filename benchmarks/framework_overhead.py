@@ -127,7 +127,7 @@ def run_plain(folder: Path, batches_path: str) -> list[float]:
     loss_fn = instantiate(cfg.model.module.loss)
     optimizer = instantiate(cfg.model.module.optimizer)(net.parameters())
     saved = DataLoader(SavedBatches(batches_path), batch_size=None, shuffle=False, num_workers=0)
-    scheduler = instantiate(cfg.model.module.scheduler)(optimizer, total_steps=len(saved))
+    scheduler = instantiate(cfg.model.module.scheduler)(optimizer, total_iters=len(saved))
     clip = float(cfg.trainer.gradient_clip_val)
     net.train()
     times = [time.perf_counter()]

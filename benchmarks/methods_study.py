@@ -32,11 +32,11 @@ from covlight.data.synthetic import make_phantom, write_phantom_dataset
 from covlight.train import run
 
 SOURCE, POOL = "phantom_tumour", "phantom_covid_pool"
-MODELS = {"supervised": "unet2d", "mean_teacher": "mean_teacher", "entropy_min": "entropy_min", "ua_mt": "ua_mt",
-          "cps": "cps", "dann": "dann", "intensity_dg": "unet2d", "fewshot_strong_aug": "unet2d",
-          "ssl_finetune": "unet2d", "ssl_pretrain": "ssl_pretrain"}
+METHODS = {"supervised": "supervised", "mean_teacher": "mean_teacher", "entropy_min": "entropy_min",
+           "ua_mt": "ua_mt", "cps": "cps", "dann": "dann", "intensity_dg": "supervised",
+           "fewshot_strong_aug": "supervised", "ssl_finetune": "supervised", "ssl_pretrain": "ssl_pretrain"}
 RECIPES = {"intensity_dg": "intensity_dg", "fewshot_strong_aug": "fewshot_strong_aug"}  # data-only methods
-ARMS = [m for m in MODELS if m != "ssl_pretrain"]  # ssl_pretrain is step 1 of ssl_finetune
+ARMS = [m for m in METHODS if m != "ssl_pretrain"]  # ssl_pretrain is step 1 of ssl_finetune
 COLUMNS = ("LesionDSC", "LesionNSD-3mm")
 
 
@@ -58,7 +58,8 @@ def run_config(method: str, seed: int, root: Path, output_dir: Path, args, init_
     overrides = [f"experiment={RECIPES[method]}"] if method in RECIPES else []
     overrides += [f"init_from={init_from}"] if init_from else []
     overrides += [
-        "task=task1", "fold=0", "subtask=infection", f"model={MODELS[method]}", f"seed={seed}", "logger=none",
+        "task=task1", "fold=0", "subtask=infection", "model=unet2d", f"method={METHODS[method]}", f"seed={seed}",
+        "logger=none",
         "print_config=false", f"paths.data_dir={root}", f"paths.output_dir={output_dir}",
         "model.patch_size=[64,64,1]", "model.batch_size=8", "model.module.net.features_per_stage=[16,32,64,128]",
         "model.module.net.strides=[1,2,2,2]", "model.module.inference.batch_size=16",
@@ -66,8 +67,8 @@ def run_config(method: str, seed: int, root: Path, output_dir: Path, args, init_
         "callbacks.case_scoring.save_predictions=false", "callbacks.progress_bar.refresh_rate=0",
         f"optimizer={args.optimizer}", f"model.module.optimizer.lr={args.lr}",
     ]
-    if MODELS[method] != "unet2d":
-        overrides += ["model/base=unet2d", f"data.unlabelled.datasets=[{POOL}]"]
+    if METHODS[method] != "supervised":
+        overrides += [f"data.unlabelled.datasets=[{POOL}]"]
     if method == "ua_mt":
         overrides += ["model.module.mc_samples=4"]
     GlobalHydra.instance().clear()

@@ -7,10 +7,8 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import OverrideType
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from covlight.config import conf_dir
 from covlight.errors import ConfigError, CovlightError, report_error
@@ -26,7 +24,6 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
 
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        check_override_types(cfg)
         check_objective_name(cfg)
         result = run(cfg)
         return objective(cfg, result)
@@ -51,36 +48,6 @@ def unwrapped(error: BaseException) -> BaseException:
     if "\nOriginal Traceback" not in text:
         return error
     return type(error)(text.rstrip().splitlines()[-1].partition(": ")[2])
-
-
-_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number"}
-
-
-def check_override_types(cfg: DictConfig) -> None:
-    """Refuse a command-line value of the wrong type (`trainer.max_epochs=abc`) before anything starts.
-
-    The YAML files keep no types, so a text value that replaced a text value in `cfg` is compared with the default
-    it replaced, found by composing the config again without those overrides.
-    """
-    overrides = list(HydraConfig.get().overrides.task)
-    texts = {}
-    for override in OverridesParser.create().parse_overrides(overrides):
-        if override.type == OverrideType.ADD or override.type == OverrideType.DEL or override.package is not None \
-                or override.is_sweep_override() or not isinstance(override.value(), str):
-            continue
-        if isinstance(OmegaConf.select(cfg, override.key_or_group, throw_on_resolution_failure=False), str):
-            texts[override.input_line] = override.key_or_group
-    if not texts:
-        return
-    defaults = hydra.compose(config_name="config", overrides=[o for o in overrides if o not in texts])
-    problems = []
-    for line, key in texts.items():
-        default = OmegaConf.select(defaults, key, throw_on_resolution_failure=False)
-        if type(default) in _TYPE_NAMES:
-            shown = str(default).lower() if isinstance(default, bool) else default
-            problems.append(f"{line}: {key} must be {_TYPE_NAMES[type(default)]} (default: {shown})")
-    if problems:
-        raise ConfigError(f"{'; '.join(problems)}. Fix the value on the command line.")
 
 
 def check_objective_name(cfg: DictConfig) -> None:

@@ -1,7 +1,7 @@
 """Hydra plumbing: where the configs live, the `experiment` group, run identity, and valid combinations.
 
-Importing this module registers the `covlight.*` OmegaConf resolvers and the config source that serves the
-top-level `experiments/` folder as Hydra's `experiment` group.
+Importing this module registers the `covlight.*` OmegaConf resolvers, the config schemas (covlight/schema.py)
+and the config source that serves the top-level `experiments/` folder as Hydra's `experiment` group.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import covlight.data.options  # noqa: F401  (registers conf/data's schema, data_
 from covlight import benchmark
 from covlight.atomic import write_json
 from covlight.errors import ConfigError
+from covlight.schema import register as register_schemas
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 STATUS_FILE = "status.json"
@@ -41,7 +42,13 @@ def experiments_dir() -> Path:
 
 
 class ExperimentsConfigSource(ConfigSource):
-    """Serves `experiments/*.yaml` as the `experiment` config group (a recipe = one YAML file)."""
+    """Serves `experiments/*.yaml` as the `experiment` config group (a recipe = one YAML file).
+
+    Why a config source of our own: a Hydra search path entry is a config root whose sub-folders are groups, so
+    the top-level `experiments/` folder (where the user's design keeps recipes) could only become the
+    `experiment` group by moving it to `conf/experiment/` or by a root holding a link named `experiment`, which a
+    wheel cannot ship. This class maps `experiment/<name>` to `experiments/<name>.yaml`, nothing more.
+    """
 
     GROUP = "experiment"
 
@@ -115,12 +122,25 @@ def task_id(name, variant) -> str:
     return str(name) if _null(variant) or str(variant) == "official" else f"{name}_{variant}"
 
 
-def group_name(task, source, subtask, name) -> str:
-    return "-".join(identity_parts(task, source, subtask, name, None, 0)[:3])
+def run_id(task, variant, source, subtask, name, fold, seed) -> str:
+    """The `run_id` key (conf/config.yaml): <task>[_<variant>][-<source>]/<subtask>/<name>/[fold<k>-]seed<s>."""
+    return "/".join(identity_parts(task_id(task, variant), source, subtask, name, fold, seed))
 
 
-def job_name(fold, seed) -> str:
-    return identity_parts("t", None, "s", "n", fold, seed)[3]
+def group_name(identity) -> str:
+    """The W&B group of a run identity: <task>[_<variant>][-<source>]-<subtask>-<name>."""
+    return "-".join(str(identity).split("/")[:3])
+
+
+def job_name(identity) -> str:
+    """The W&B run name of a run identity: [fold<k>-]seed<s>."""
+    return str(identity).split("/")[3]
+
+
+def tags(identity, source, model) -> list[str]:
+    task_part, subtask = str(identity).split("/")[:2]
+    task = task_part if _null(source) else task_part.removesuffix(f"-{source}")
+    return [f"task:{task}", f"source:{'none' if _null(source) else source}", f"subtask:{subtask}", f"model:{model}"]
 
 
 def read_status(run_dir: Path) -> dict:
@@ -139,41 +159,58 @@ def write_status(run_dir: Path, state: str, **extra) -> None:
     write_json(path, payload)
 
 
-_RUN_DIRS: dict[tuple, Path] = {}
+_CHOSEN: dict[tuple, Path] = {}
 
 
-def run_dir(output_root, task, source, subtask, name, fold, seed, resume, job=0) -> str:
-    """The run folder: a new timestamped folder, or with resume=auto the newest unfinished one.
+def run_dir(output_root, identity, resume, job=0) -> str:
+    """The run folder, chosen without touching the disk (so `--cfg`, a failed composition or a config merely read
+    leave nothing behind): with resume=auto the newest unfinished run of the identity, else a new timestamped folder.
 
-    A new folder is claimed by creating it, so two jobs (even in parallel processes) never share one and
-    nothing is overwritten. Cached per identity and sweep job, as Hydra resolves the path more than once.
+    The same answer for every read in this process and sweep job (Hydra resolves the path more than once); Hydra
+    creates the folder when the job starts and the run claims it (`claim_run_dir`).
     """
-    key = (str(output_root), task, source, subtask, name, fold, seed, resume, job)
-    if key in _RUN_DIRS:
-        return str(_RUN_DIRS[key])
-    parent = Path(str(output_root)).joinpath(*identity_parts(task, source, subtask, name, fold, seed))
-    chosen = None
-    if str(resume) == "auto" and parent.is_dir():
-        unfinished = [d for d in sorted(parent.iterdir()) if d.is_dir() and read_status(d).get("state") != "finished"]
-        chosen = unfinished[-1] if unfinished else None
-    elif not _null(resume):
+    key = (str(output_root), str(identity), str(resume), job)
+    if key not in _CHOSEN:
+        _CHOSEN[key] = _choose_run_dir(Path(str(output_root)) / str(identity), resume)
+    return str(_CHOSEN[key])
+
+
+def _choose_run_dir(parent: Path, resume) -> Path:
+    if not _null(resume) and str(resume) != "auto":
         raise ConfigError(f"resume={resume!r}: use resume=auto, or ckpt_path=<checkpoint> for a given checkpoint")
-    if chosen is None:
-        stamp = _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-        parent.mkdir(parents=True, exist_ok=True)
-        for suffix in range(1, 10_000):
-            chosen = parent / (stamp if suffix == 1 else f"{stamp}_{suffix}")
-            try:
-                chosen.mkdir()
-                break
-            except FileExistsError:
-                continue
-    _RUN_DIRS[key] = chosen
-    return str(chosen)
+    if str(resume) == "auto" and parent.is_dir():
+        unfinished = [d for d in sorted(parent.iterdir()) if read_status(d).get("state") in ("running", "failed")]
+        if unfinished:
+            return unfinished[-1]
+    stamp = _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    chosen = set(_CHOSEN.values())
+    for suffix in range(1, 10_000):
+        folder = parent / (stamp if suffix == 1 else f"{stamp}_{suffix}")
+        if not folder.exists() and folder not in chosen:
+            return folder
+    raise ConfigError(f"{parent}: no free run folder name for {stamp}")
 
 
 def run_subdir(output_root, *identity) -> str:
     return os.path.relpath(run_dir(output_root, *identity), str(output_root))
+
+
+def claim_run_dir(run_dir: Path, resume: bool) -> None:
+    """Make `run_dir` this run's, when the run starts: a finished run is never touched; a new run takes a folder
+    no other run has claimed (status.json created exclusively), a resumed one its own unfinished folder."""
+    state = read_status(run_dir).get("state")
+    if state == "finished":
+        raise ConfigError(f"{run_dir} holds a finished run; it is never touched. Start a new run instead.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume and state is not None:
+        write_status(run_dir, "running")
+        return
+    try:
+        with open(run_dir / STATUS_FILE, "x", encoding="utf-8") as handle:
+            handle.write(json.dumps({"state": "running"}) + "\n")
+    except FileExistsError:
+        raise ConfigError(f"{run_dir} is claimed by another run ({STATUS_FILE}: {state or 'just created'}); start "
+                          "this one again for a new folder, or resume=auto to continue an unfinished run") from None
 
 
 def _register_resolvers() -> None:
@@ -182,22 +219,21 @@ def _register_resolvers() -> None:
         "covlight.structures": lambda subtask: ListConfig(list(benchmark.SUBTASKS[subtask].structures)),
         "covlight.label_values": lambda structures: ListConfig(benchmark.label_values(structures)),
         "covlight.num_classes": lambda structures: len(benchmark.label_values(structures)),
+        "covlight.run_id": run_id,
         "covlight.run_dir": run_dir,
         "covlight.run_subdir": run_subdir,
         "covlight.group": group_name,
-        "covlight.task_id": task_id,
         "covlight.job_name": job_name,
+        "covlight.tags": tags,
         "covlight.wandb_offline": lambda: os.environ.get("WANDB_MODE", "offline") != "online",
         "covlight.job_type": lambda test_only: "test" if test_only else "train",
-        "covlight.tags": lambda task, source, subtask, model: [
-            f"task:{task}", f"source:{source}" if not _null(source) else "source:none",
-            f"subtask:{subtask}", f"model:{model}"],
     }
     for name, function in resolvers.items():
         OmegaConf.register_new_resolver(name, function, replace=True)
 
 
 _register_resolvers()
+register_schemas()
 
 
 # ----------------------------------------------------------------------------------------- combinations

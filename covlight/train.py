@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from covlight.benchmark import METRICS_FILE
 from covlight.callbacks.scoring import CaseScoring
-from covlight.config import check_combination, read_status, write_status
+from covlight.config import check_combination, claim_run_dir, read_status, write_status
 from covlight.errors import ConfigError, CovlightError
 from covlight.metrics.results import summary_table
 
@@ -94,8 +94,7 @@ def run(cfg: DictConfig) -> dict:
     """
     check_combination(cfg)
     run_dir = Path(cfg.paths.output_dir)
-    if read_status(run_dir).get("state") == "finished":
-        raise ConfigError(f"{run_dir} holds a finished run; it is never touched. Start a new run instead.")
+    rank_zero_only(claim_run_dir)(run_dir, resume=cfg.resume == "auto")
     if cfg.print_config:
         rank_zero_only(print_config_tree)(cfg)
     rank_zero_only(_start_run_folder)(cfg, run_dir)
@@ -109,7 +108,6 @@ def run(cfg: DictConfig) -> dict:
 
 
 def _start_run_folder(cfg: DictConfig, run_dir: Path) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
     config = {k: v for k, v in resolved_container(cfg).items() if k != "hydra"}
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config), encoding="utf-8")
     identity = {k: config.get(k) for k in ("name", "fold", "seed")}

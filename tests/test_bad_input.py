@@ -221,10 +221,15 @@ def error_line(result: subprocess.CompletedProcess) -> str:
     return line
 
 
-def test_override_of_the_wrong_type(phantom_root, tmp_path):
-    result = covlight_cli(phantom_root, tmp_path, "trainer.max_epochs=abc")
-    line = error_line(result)
-    assert "trainer.max_epochs=abc: trainer.max_epochs must be an integer (default: 1)" in line
+@pytest.mark.parametrize(("override", "key", "kind"), [("trainer.max_epochs=1.5", "trainer.max_epochs", "Integer"),
+                                                        ("model.batch_size=x", "model.batch_size", "Integer")])
+def test_override_of_the_wrong_type(override, key, kind, phantom_root, tmp_path):
+    """Hydra refuses it while composing (the schemas of covlight/schema.py): nothing starts, no folder is made."""
+    result = covlight_cli(phantom_root, tmp_path, override)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"Error merging override {override}" in result.stderr
+    assert f"could not be converted to {kind}" in result.stderr and f"full_key: {key}" in result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_damaged_training_case_read_in_a_loader_worker(root, tmp_path):

@@ -47,8 +47,7 @@ from tests.helpers.runs import FAST, REPO, TINY_2D, TINY_3D, compose_config
 POOL = "phantom_unlabelled"
 SOURCE = "phantom_tumour"
 METHODS = ("mean_teacher", "ua_mt", "cps", "entropy_min", "dann", "ssl_pretrain")
-TINY = {2: ["model/base=unet2d", *TINY_2D[1:], "model.batch_size=2"],
-        3: ["model/base=unet3d", *TINY_3D[1:]]}
+TINY = {2: [*TINY_2D, "model.batch_size=2"], 3: TINY_3D}
 
 
 @pytest.fixture(autouse=True)
@@ -82,7 +81,7 @@ def tiny_net(spatial_dims: int = 2, num_classes: int = 2, **kwargs) -> UNet:
 
 
 def method_config(method: str, dims: int, data_root, *extra: str):
-    overrides = [f"model={method}", *TINY[dims], *FAST, "logger=none", f"paths.data_dir={data_root}",
+    overrides = [f"method={method}", *TINY[dims], *FAST, "logger=none", f"paths.data_dir={data_root}",
                  f"data.unlabelled.datasets=[{POOL}]", *extra]
     return compose_config(overrides)
 
@@ -118,7 +117,7 @@ def test_uncertainty_mask_keeps_only_low_entropy_voxels():
 
 
 def test_ema_teacher_moves_at_the_configured_rate_and_gets_no_gradients():
-    module = MeanTeacher(tiny_net(), optimizer=partial(torch.optim.SGD, lr=0.1), ema_decay=0.9,
+    module = MeanTeacher(tiny_net(), spatial_dims=2, optimizer=partial(torch.optim.SGD, lr=0.1), ema_decay=0.9,
                          label_values=[0, 1], inference={"patch_size": [16, 16, 1]})
     assert not any(p.requires_grad for p in module.teacher.parameters())
     module.on_train_start()  # a fresh start: teacher = student
@@ -154,7 +153,7 @@ def test_block_mask_covers_whole_blocks_at_the_ratio():
 
 def test_pretraining_objective_decreases():
     torch.manual_seed(0)
-    module = MaskedRestoration(tiny_net(), optimizer=None, label_values=[0, 1], block_size=4,
+    module = MaskedRestoration(tiny_net(), spatial_dims=2, optimizer=None, label_values=[0, 1], block_size=4,
                                inference={"patch_size": [32, 32, 1]})
     smooth = torch.nn.functional.avg_pool2d(torch.rand(8, 1, 40, 40), 9, stride=1)  # 32 x 32, smooth
     images = (smooth - smooth.min()) / (smooth.max() - smooth.min())
@@ -243,7 +242,7 @@ def test_method_configs_compose_for_every_task(method, dims):
     classes = {"mean_teacher": "MeanTeacher", "ua_mt": "UncertaintyAwareMeanTeacher", "cps": "CrossPseudoSupervision",
                "entropy_min": "EntropyMinimisation", "dann": "DomainAdversarial", "ssl_pretrain": "MaskedRestoration"}
     for task in (["task=task1", "fold=1"], ["task=task2", "source=nsclc"], ["task=task3", "source=msd", "fold=4"]):
-        cfg = compose_config([*task, "subtask=infection", f"model={method}", *TINY[dims]])
+        cfg = compose_config([*task, "subtask=infection", f"method={method}", *TINY[dims]])
         check_combination(cfg)
         assert cfg.name == cfg.model.name == f"{method}_{dims}d" and cfg.model.spatial_dims == dims
         assert cfg.data.unlabelled == {"datasets": ["mosmed_unlabelled"], "ratio": 1.0}
@@ -256,7 +255,7 @@ def test_method_configs_compose_for_every_task(method, dims):
 RECIPE_OVERRIDES = {
     "fewshot_strong_aug": (["model=unet2d"], "fewshot_strong_aug_unet2d"),
     "intensity_dg": (["task=task2", "source=structseg", "subtask=infection"], "intensity_dg_unet3d"),
-    "ssl_pretrain": (["model/base=unet2d"], "ssl_pretrain_2d"),
+    "ssl_pretrain": (["model=unet2d"], "ssl_pretrain_2d"),
     "finetune": (["model=unet2d"], "finetune_unet2d"),
     "finetune_task3": (["source=structseg", "subtask=infection", "fold=3"], "finetune_task3_unet3d"),
 }
@@ -373,7 +372,7 @@ def test_each_method_runs_train_then_test_in_2d(method, data_root, tmp_path):
 @pytest.mark.slow
 def test_a_3d_method_from_the_command_line(data_root, tmp_path):
     env = {**os.environ, "COVLIGHT_DATA": str(data_root), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "covlight", "model=mean_teacher", *TINY[3], *FAST, "logger=csv",
+    command = [sys.executable, "-m", "covlight", "method=mean_teacher", *TINY[3], *FAST, "logger=csv",
                f"data.unlabelled.datasets=[{POOL}]", f"paths.output_root={tmp_path}"]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -401,12 +400,12 @@ def example_files() -> dict[str, str]:
 @pytest.mark.slow
 def test_readme_method_example_trains_and_logs_its_losses(data_root, tmp_path):
     files = example_files()
-    assert set(files) == {"mine/pseudo_label.py", "mine/model/pseudo_label.yaml"}
+    assert set(files) == {"mine/pseudo_label.py", "mine/method/pseudo_label.yaml"}
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text, encoding="utf-8")
     mine = tmp_path / "mine"
-    overrides = ["model=pseudo_label", "subtask=infection", *TINY[2], *FAST, "logger=csv",
+    overrides = ["method=pseudo_label", "subtask=infection", *TINY[2], *FAST, "logger=csv",
                  f"paths.data_dir={data_root}", f"data.unlabelled.datasets=[{POOL}]",
                  "model.module.threshold=0.5", f"paths.output_root={tmp_path / 'outputs'}"]
     env = {**os.environ, "PYTHONPATH": str(mine)}

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import lightning.pytorch as pl
 import nibabel as nib
 import numpy as np
 import torch
+from torch.optim.lr_scheduler import PolynomialLR
 
 from covlight.callbacks.scoring import CaseScoring
 from covlight.data.canonical import hu_to_0_255, read_dataset, write_case, write_dataset_json
 from covlight.data.datamodule import SegmentationDataModule
 from covlight.data.options import Preprocessing, Sampling, Validation
 from covlight.data.splits import Split
-from covlight.methods.schedules import PolyLR
 from covlight.methods.supervised import SupervisedSegmentation
 from covlight.nets import UNet
 
@@ -48,8 +49,8 @@ def test_cip_chest_ct_lung_trains_and_scores(shared_data, tmp_path):
     )
     net = UNet(3, 1, 3, [8, 16, 32], [[1, 1, 1], [2, 2, 2], [2, 2, 2]], deep_supervision=True)
     module = SupervisedSegmentation(
-        net, optimizer=lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.99, nesterov=True),
-        scheduler=lambda o, total_steps: PolyLR(o, total_steps), label_values=[0, 1, 2],
+        net, spatial_dims=3, optimizer=lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.99, nesterov=True),
+        scheduler=partial(PolynomialLR, power=0.9), label_values=[0, 1, 2],
         inference={"patch_size": [32, 32, 16], "overlap": 0.5},
     )
     scoring = CaseScoring(str(tmp_path / "run"), ["left_lung", "right_lung"], [0, 1, 2], save_predictions=False)
@@ -84,7 +85,8 @@ def test_png_slices_import_and_train(shared_data, tmp_path):
         validation=Validation(patches_per_case=1))
     net = UNet(2, 1, 4, [8, 16, 32], [1, 2, 2], deep_supervision=True)
     module = SupervisedSegmentation(
-        net, optimizer=lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.99, nesterov=True), label_values=[0, 1, 2, 3],
+        net, spatial_dims=2, optimizer=lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.99, nesterov=True),
+        label_values=[0, 1, 2, 3],
         inference={"patch_size": [64, 64, 1], "overlap": 0.5, "batch_size": 1})
     scoring = CaseScoring(str(tmp_path / "run"), ["left_lung", "right_lung", "infection"], [0, 1, 2, 3],
                           save_predictions=False, overlay_cases=0)

@@ -1,9 +1,11 @@
 import pytest
 import torch
+from hydra.utils import instantiate
 from torch import nn
 
 from covlight.inference import gaussian_importance_map, sliding_window_predict, sliding_window_steps
 from covlight.nets import UNet
+from tests.conftest import compose_config
 
 
 @pytest.fixture(autouse=True)
@@ -210,3 +212,17 @@ def test_stays_on_the_image_device():
     assert probs.device == image.device and probs.dtype == torch.float32 and probs.shape == (3, 20, 24, 16)
     cpu = sliding_window_predict(net.cpu(), image.cpu(), (16, 16, 16), mirror_axes=(0, 1, 2), batch_size=4)
     torch.testing.assert_close(probs.cpu(), cpu, rtol=0, atol=1e-2)  # TF32 convs on GPU
+
+
+def test_the_configured_settings_reach_the_sliding_window():
+    """model.module.inference's keys (the Gaussian's sigma among them) are what the module's prediction uses."""
+    cfg = compose_config(["model=unet2d", "model.patch_size=[16,16,1]", "model.module.net.features_per_stage=[4,8]",
+                          "model.module.net.strides=[1,2]", "model.module.inference.gaussian_sigma_scale=0.5",
+                          "model.module.inference.overlap=0.25", "model.module.inference.mirror_axes=[0]"])
+    module = instantiate(cfg.model.module).eval()
+    image = torch.rand(1, 40, 24, 2)
+    settings = dict(net_spatial_dims=2, overlap=0.25, mirror_axes=(0,), batch_size=8)
+    expected = sliding_window_predict(module.net, image, (16, 16, 1), gaussian_sigma_scale=0.5, **settings)
+    assert torch.equal(module.predict_volume(image), expected)
+    default = sliding_window_predict(module.net, image, (16, 16, 1), gaussian_sigma_scale=0.125, **settings)
+    assert not torch.allclose(expected, default)

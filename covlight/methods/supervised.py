@@ -18,6 +18,8 @@ from covlight.data.options import PREPROCESSING_KEY
 from covlight.inference import sliding_window_predict
 from covlight.methods.losses import DiceCELoss, deep_supervision_loss
 
+INFERENCE_KEYS = ("overlap", "mirror_axes", "batch_size", "gaussian_sigma_scale")
+
 
 class SupervisedSegmentation(pl.LightningModule):
     """Train on patches (B, 1, X, Y, Z); a 2D net sees z-size-1 patches as (B, 1, X, Y).
@@ -25,10 +27,14 @@ class SupervisedSegmentation(pl.LightningModule):
     Args:
         net: the segmentation network (logits; a list of logits, highest resolution first, under deep supervision).
         optimizer: a partial taking the parameters (Hydra `_partial_: true`).
-        scheduler: a partial taking the optimizer and `total_steps`, stepped every batch; or None.
+        scheduler: a partial taking the optimizer and `total_iters` (the run's optimizer steps), stepped every
+            batch (nnU-Net's poly decay is torch's `PolynomialLR` with power 0.9); or None.
         loss: the loss on logits and class-index targets.
+        spatial_dims: 2 for a net on single slices (patches (B, 1, X, Y)), 3 for a volumetric net; the config
+            decides it once (`model.spatial_dims`).
         label_values: canonical label value of each output class (index = class).
-        inference: sliding-window settings (patch_size, overlap, mirror_axes, batch_size).
+        inference: sliding-window settings: patch_size, and any of INFERENCE_KEYS (`sliding_window_predict`'s
+            arguments); an unknown key is an error, not silently ignored.
         channels_last: keep the network's weights and inputs channels-last (NHWC / NDHWC), which tensor cores
             prefer under mixed precision on a GPU.
         compile: `torch.compile` the network in place (`nn.Module.compile`, so checkpoint keys do not change):
@@ -38,6 +44,7 @@ class SupervisedSegmentation(pl.LightningModule):
     def __init__(
         self,
         net: nn.Module,
+        spatial_dims: int,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         loss: nn.Module | None = None,
@@ -52,9 +59,15 @@ class SupervisedSegmentation(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.loss = loss if loss is not None else DiceCELoss()
         self.label_values = list(label_values)
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+        self.net_spatial_dims = spatial_dims
         inference = dict(inference or {})
         self.patch_size = tuple(int(p) for p in inference.pop("patch_size"))
-        self.net_spatial_dims = 2 if self.patch_size[2] == 1 else 3
+        unknown = sorted(set(inference) - set(INFERENCE_KEYS))
+        if unknown:
+            raise ValueError(f"unknown inference setting(s) {', '.join(unknown)} (model.module.inference): "
+                             f"use {', '.join(INFERENCE_KEYS)}")
         self.inference = inference
         self.register_buffer("class_to_label", torch.tensor(self.label_values, dtype=torch.uint8), persistent=False)
         self._val_counts: torch.Tensor | None = None
@@ -144,11 +157,9 @@ class SupervisedSegmentation(pl.LightningModule):
             network,
             image,
             patch_size=self.patch_size,
-            overlap=self.inference.get("overlap", 0.5),
-            mirror_axes=tuple(self.inference.get("mirror_axes", ())),
-            batch_size=self.inference.get("batch_size", 1),
             net_spatial_dims=self.net_spatial_dims,
             progress=progress,
+            **self.inference,
         )
 
     def labels_on_grid(self, probabilities: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
@@ -178,5 +189,5 @@ class SupervisedSegmentation(pl.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = self.scheduler_factory(optimizer, total_steps=total_steps)
+        scheduler = self.scheduler_factory(optimizer, total_iters=total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
