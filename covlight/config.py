@@ -224,7 +224,7 @@ def _register_resolvers() -> None:
         "covlight.run_subdir": run_subdir,
         "covlight.group": group_name,
         "covlight.job_name": job_name,
-        "covlight.tags": tags,
+        "covlight.tags": lambda identity, source, model: ListConfig(tags(identity, source, model)),
         "covlight.wandb_offline": lambda: os.environ.get("WANDB_MODE", "offline") != "online",
         "covlight.job_type": lambda test_only: "test" if test_only else "train",
     }
