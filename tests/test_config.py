@@ -167,11 +167,11 @@ def test_reading_the_run_folder_creates_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("overrides", [["--cfg", "job"], ["--cfg", "job", "--resolve"],
+@pytest.mark.parametrize("overrides", [["--cfg", "job", "logger=none"], ["--cfg", "job", "--resolve", "logger=none"],
                                        ["--cfg", "job", "--resolve", "logger=wandb"],  # its tags are a list
-                                       ["trainer.max_epochs=1.5"], ["model=unet4d"]])
+                                       ["trainer.max_epochs=1.5", "logger=none"], ["model=unet4d", "logger=none"]])
 def test_cfg_job_and_a_failed_composition_leave_no_folder(overrides, tmp_path):
-    command = [sys.executable, "-m", "covlight", "logger=none", *overrides, f"paths.output_root={tmp_path / 'out'}"]
+    command = [sys.executable, "-m", "covlight", *overrides, f"paths.output_root={tmp_path / 'out'}"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
     assert result.returncode == (0 if "--cfg" in overrides else 1), result.stderr[-3000:]
     assert not (tmp_path / "out").exists()
