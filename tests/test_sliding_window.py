@@ -5,7 +5,7 @@ from torch import nn
 
 from covlight.inference import gaussian_importance_map, sliding_window_predict, sliding_window_steps
 from covlight.nets import UNet
-from tests.conftest import compose_config
+from tests.helpers.runs import compose_config
 
 
 @pytest.fixture(autouse=True)
