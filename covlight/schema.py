@@ -107,6 +107,7 @@ class TrainerSchema:
     deterministic: Any = MISSING  # true, false, or "warn"
     default_root_dir: str | None = MISSING
     enable_model_summary: bool = MISSING
+    enable_checkpointing: bool = MISSING  # false: covlight's callbacks.model_checkpoint writes last.ckpt
 
 
 def register() -> None:

@@ -7,13 +7,13 @@ import uuid
 from pathlib import Path
 
 import lightning.pytorch as pl
-import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from covlight.benchmark import METRICS_FILE
+from covlight.callbacks.checkpoint import LastCheckpoint, checkpoint_position, load_checkpoint
 from covlight.callbacks.scoring import CaseScoring
 from covlight.config import check_combination, claim_run_dir, read_status, write_status
 from covlight.errors import ConfigError, CovlightError
@@ -59,7 +59,7 @@ def load_initial_weights(module: pl.LightningModule, source: str) -> None:
         path = path / "checkpoints" / "last.ckpt"
     if not path.is_file():
         raise ConfigError(f"init_from={source}: no checkpoint at {path}; give a finished run folder or a .ckpt file")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint(path)
     state = checkpoint.get("state_dict", checkpoint)
     missing, unexpected = module.load_state_dict(state, strict=False)
     log.info("initialised from %s (%d missing, %d unexpected keys)", path, len(missing), len(unexpected))
@@ -77,14 +77,22 @@ def instantiate_data(config: DictConfig):
         raise
 
 
-def checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> str | None:
+def checkpoint_to_resume(cfg: DictConfig, run_dir: Path, last: Path | None) -> str | None:
+    """ckpt_path=, or with resume=auto the run folder's last checkpoint; checked readable before training starts."""
     if cfg.ckpt_path:
-        return str(cfg.ckpt_path)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if cfg.resume == "auto" and last.is_file():
-        log.info("resuming from %s", last)
-        return str(last)
-    return None
+        path = Path(str(cfg.ckpt_path)).expanduser()
+    elif cfg.resume == "auto" and last is not None and last.is_file():
+        path = last
+    else:
+        if cfg.resume == "auto":
+            rank_zero_only(log.info)("no checkpoint yet in %s: training starts from its first epoch", run_dir)
+        return None
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such file; give a checkpoint file (a run's "
+                          "checkpoints/last.ckpt)")
+    epoch, step = checkpoint_position(path)
+    rank_zero_only(log.info)("resuming %s from epoch %d, step %d (%s)", run_dir, epoch, step, path)
+    return str(path)
 
 
 def run(cfg: DictConfig) -> dict:
@@ -138,17 +146,19 @@ def _train_and_test(cfg: DictConfig, run_dir: Path) -> dict:
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    last = next((c.path for c in callbacks if isinstance(c, LastCheckpoint)), None)
     if trainer.world_size > 1:  # DDP starts every rank from rank 0's weights; each rank draws its own patches
         pl.seed_everything(cfg.seed + trainer.global_rank, workers=True, verbose=False)
     config = flatten({k: v for k, v in resolved_container(cfg).items() if k != "hydra"})
     for logger in trainer.loggers:
         logger.log_hyperparams(config)
     if not cfg.test_only:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint_to_resume(cfg, run_dir), weights_only=True)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint_to_resume(cfg, run_dir, last),
+                    weights_only=True)
     validation = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
     test_checkpoint = None
     if not cfg.test_only and not trainer.fast_dev_run:
-        test_checkpoint = "last"  # Task 1's policy: the last checkpoint, never one chosen on test cases
+        test_checkpoint = last and str(last)  # the last checkpoint, never one chosen on test cases
     elif cfg.test_only and cfg.ckpt_path:
         test_checkpoint = str(cfg.ckpt_path)
     trainer.test(module, datamodule=datamodule, ckpt_path=test_checkpoint, weights_only=True)

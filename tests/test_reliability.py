@@ -17,7 +17,9 @@ import torch
 from covlight.config import read_status
 from tests.helpers.runs import FAST, REPO, TINY_2D
 
-COMMON = [*TINY_2D, *[o for o in FAST if o != "trainer=debug"], "trainer.deterministic=true", "trainer.max_epochs=3",
+MAX_EPOCHS = 6
+COMMON = [*TINY_2D, *[o for o in FAST if o != "trainer=debug"], "trainer.deterministic=true",
+          f"trainer.max_epochs={MAX_EPOCHS}",
           "data.sampling.batches_per_epoch=12", "+trainer.limit_val_batches=1"]
 
 
@@ -35,6 +37,35 @@ def env(phantom_root):
     return {**os.environ, "COVLIGHT_DATA": str(phantom_root)}
 
 
+def checkpoint_epoch(path: Path) -> int | None:
+    """The epoch a checkpoint was written at, or None while there is none (last.ckpt is replaced atomically, so a
+    file that exists is whole)."""
+    return torch.load(path, map_location="cpu", weights_only=True)["epoch"] if path.is_file() else None
+
+
+def start(output_root: Path, env: dict, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(command(output_root, *extra), cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def kill_when(process: subprocess.Popen, ready, what: str, timeout: float = 300) -> None:
+    """SIGKILL the run's whole process group (loader workers included) as soon as `ready()` holds."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert process.poll() is None, f"the run ended before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def resume(output_root: Path, env: dict, *extra: str) -> subprocess.CompletedProcess:
+    done = subprocess.run(command(output_root, "resume=auto", *extra), cwd=REPO, env=env, capture_output=True,
+                          encoding="utf-8", errors="replace", timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 @pytest.mark.slow
 def test_same_seed_same_metrics_and_killed_run_resumes_to_them(env, tmp_path):
     for name in ("a", "b"):
@@ -44,39 +75,57 @@ def test_same_seed_same_metrics_and_killed_run_resumes_to_them(env, tmp_path):
     reference = (single_run(tmp_path / "a") / "metrics.csv").read_text()
     assert (single_run(tmp_path / "b") / "metrics.csv").read_text() == reference  # determinism
 
-    killed = subprocess.Popen(command(tmp_path / "k", "logger=wandb"), cwd=REPO, env=env, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not list((tmp_path / "k").glob("**/checkpoints/last.ckpt")):
-        assert killed.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
-        time.sleep(0.05)
-    os.killpg(killed.pid, signal.SIGKILL)
-    killed.wait()
-    run_dir = single_run(tmp_path / "k")
-    assert read_status(run_dir)["state"] == "running", "the run finished before it could be killed"
+    # Killed while training: the kill lands after epoch 1's checkpoint and before the last epoch's.
+    root = tmp_path / "k"
+    parent = root / "task1" / "lung" / "unet2d" / "fold0-seed0"
+    last = lambda: next(parent.glob("*/checkpoints/last.ckpt"), Path("absent"))  # noqa: E731
+    kill_when(start(root, env, "logger=wandb"), lambda: (checkpoint_epoch(last()) or 0) >= 1, "epoch 1 ended")
+    run_dir = single_run(root)
+    killed_at = checkpoint_epoch(last())
+    assert 0 < killed_at < MAX_EPOCHS - 1, f"killed at epoch {killed_at}: not mid-training"
+    assert read_status(run_dir)["state"] == "running"
     assert not (run_dir / "metrics.csv").exists()
     checkpoint = tmp_path / "killed-last.ckpt"
-    shutil.copyfile(run_dir / "checkpoints" / "last.ckpt", checkpoint)
+    shutil.copyfile(last(), checkpoint)
 
-    resumed = subprocess.run(command(tmp_path / "k", "logger=wandb", "resume=auto"), cwd=REPO, env=env,
-                             capture_output=True, encoding="utf-8", errors="replace", timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert single_run(tmp_path / "k") == run_dir  # continued in its own folder
+    # Killed again during the test phase of the resumed run (training over, first prediction written).
+    resumed = start(root, env, "logger=wandb", "resume=auto")
+    kill_when(resumed, lambda: next(run_dir.glob("predictions/*/*.nii.gz"), None) is not None, "the test phase")
+    assert checkpoint_epoch(last()) == MAX_EPOCHS - 1
+    assert read_status(run_dir)["state"] == "running" and not (run_dir / "metrics.csv").exists()
+
+    done = resume(root, env, "logger=wandb")
+    assert f"resuming {run_dir} from epoch {MAX_EPOCHS - 1}" in done.stderr + done.stdout
+    assert single_run(root) == run_dir  # continued in its own folder
     assert read_status(run_dir)["state"] == "finished"
     assert (run_dir / "metrics.csv").read_text() == reference
+    assert not list((run_dir / "checkpoints").glob(".partial-*")), "a killed write's temporary file was left"
     wandb_id = read_status(run_dir)["wandb_id"]
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
-    assert len(offline_runs) == 2 and all(path.name.endswith(wandb_id) for path in offline_runs)
+    assert len(offline_runs) == 3 and all(path.name.endswith(wandb_id) for path in offline_runs)
 
     explicit = subprocess.run(command(tmp_path / "e", "logger=none", f"ckpt_path={checkpoint}"), cwd=REPO, env=env,
                               capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert explicit.returncode == 0, explicit.stderr[-3000:]
+    assert f"from epoch {killed_at}," in explicit.stderr + explicit.stdout
     assert (single_run(tmp_path / "e") / "metrics.csv").read_text() == reference
 
-    again = subprocess.run(command(tmp_path / "k", "logger=none", "resume=auto"), cwd=REPO, env=env,
-                           capture_output=True, encoding="utf-8", errors="replace", timeout=600)
-    assert again.returncode == 0
-    assert len(list((tmp_path / "k" / "task1" / "lung" / "unet2d" / "fold0-seed0").iterdir())) == 2  # new folder
+    resume(root, env, "logger=none")  # a finished run is never touched: a new folder
+    assert len(list(parent.iterdir())) == 2
+
+
+@pytest.mark.slow
+def test_damaged_last_checkpoint_is_one_clear_error(env, tmp_path):
+    root = tmp_path / "k"
+    kill_when(start(root, env, "logger=none"),
+              lambda: next(root.glob("**/checkpoints/last.ckpt"), None) is not None, "the first checkpoint")
+    last = next(root.glob("**/checkpoints/last.ckpt"))
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a checkpoint truncated before this fix
+    done = subprocess.run(command(root, "logger=none", "resume=auto"), cwd=REPO, env=env, capture_output=True,
+                          encoding="utf-8", errors="replace", timeout=600)
+    assert done.returncode != 0
+    assert f"{last} is damaged or not a checkpoint" in done.stderr and "Delete it" in done.stderr
+    assert "Traceback" not in done.stderr and "PytorchStreamReader" not in done.stderr.split("damaged")[0]
 
 
 @pytest.mark.slow
