@@ -37,7 +37,7 @@ from covlight.data.options import (
     Validation,
     as_options,
 )
-from covlight.data.patches import PatchStream
+from covlight.data.patches import PatchStream, stream_seed
 from covlight.data.sampling import ForegroundSampler
 from covlight.data.splits import Split
 from covlight.data.transforms import (
@@ -158,6 +158,15 @@ def _first(batch: list[dict]) -> dict:
     return batch[0]
 
 
+def epoch_about_to_run(trainer: pl.Trainer | None) -> int:
+    """The epoch the fit loop runs next. Lightning's `current_epoch` counts completed epochs, and a checkpoint
+    written at an epoch's end (covlight's last.ckpt) holds that epoch as processed but not yet completed, so
+    while a resumed run builds its first loader `current_epoch` still names the epoch that has ended."""
+    if trainer is None:
+        return 0
+    return int(trainer.fit_loop.epoch_progress.current.processed)
+
+
 def _single_threaded_worker(worker_id: int) -> None:
     """Loader workers use one thread each: several multi-threaded workers would fight the training step."""
     torch.set_num_threads(1)
@@ -187,6 +196,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         cases: Cases | Mapping | None = None,
         augmentation: Augmentation | Mapping | None = None,
         unlabelled: Unlabelled | Mapping | None = None,
+        seed: int = 0,
     ):
         super().__init__()
         self.root = Path(root).expanduser()
@@ -205,6 +215,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.cases = as_options(Cases, cases)
         self.augmentation = as_options(Augmentation, augmentation)
         self.unlabelled = as_options(Unlabelled, unlabelled) if unlabelled is not None else None
+        self.seed = int(seed)
+        self._streams: list[PatchStream] = []  # the training loaders' streams, told each epoch's number
         self.slice_size = None  # one-slice cases are resized to it (slices.policy=resize)
         if self.slices.policy == "resize":
             self.slice_size = tuple(int(n) for n in (self.slices.size or self.patch_size[:2]))
@@ -335,13 +347,25 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------------------------ dataloaders
     def _stream_loader(self, stream: PatchStream, batch_size: int) -> DataLoader:
-        # Workers start afresh each epoch, seeded from the epoch's seed (see callbacks/seeding.py).
+        """Workers start afresh each epoch and draw what (seed, rank, stream, epoch) says (PatchStream)."""
+        stream.set_epoch(epoch_about_to_run(self.trainer))
+        self._streams.append(stream)
         return DataLoader(stream, batch_size=batch_size, num_workers=self.sampling.num_workers,
                           worker_init_fn=_single_threaded_worker)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Each epoch draws its own patches, the same in an uninterrupted and a resumed run (EpochSeeding)."""
+        for stream in self._streams:
+            stream.set_epoch(epoch)
+
+    def _stream_seed(self, stream: int) -> int:
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        return stream_seed(self.seed, rank, stream)
 
     def train_dataloader(self) -> DataLoader | CombinedLoader:
         sampling = self.sampling
         augmentation = augmentation_preset(self.spatial_dims, self.augmentation)
+        self._streams = []
         stream = PatchStream(
             self._patch_source(self.records["train"]),
             sampler=ForegroundSampler(self.patch_size, sampling.foreground_fraction),
@@ -350,6 +374,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             buffer_size=sampling.patch_buffer,
             augmentation=augmentation,
             groups=[r.dataset for r in self.records["train"]] if sampling.balanced else None,
+            seed=self._stream_seed(0),
         )
         labelled = self._stream_loader(stream, self.batch_size)
         if not self.unlabelled:
@@ -363,6 +388,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             patches_per_epoch=sampling.batches_per_epoch * batch_size,
             buffer_size=sampling.patch_buffer,
             augmentation=augmentation,
+            seed=self._stream_seed(1),
         )
         return CombinedLoader({"labelled": labelled, "unlabelled": self._stream_loader(pool, batch_size)},
                               mode="max_size_cycle")

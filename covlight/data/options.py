@@ -148,6 +148,7 @@ class DataConfig:
     cases: Cases = field(default_factory=Cases)
     augmentation: Augmentation = field(default_factory=Augmentation)
     unlabelled: Unlabelled | None = None
+    seed: int = MISSING
 
 
 def as_options(kind: type, value):

@@ -3,13 +3,34 @@
 Like TorchIO's `Queue` (patches of several cases shuffled together), but the augmentation runs per patch inside
 the loader workers: a patch costs far less to augment than the whole volume it comes from, and the main process
 stays free for the training step.
+
+Every random draw of a stream comes from (seed, epoch, worker), never from the random state of the process it runs
+in: Lightning creates the first epoch's loader iterator of a resumed run before any epoch-start hook could reseed,
+so a stream that drew from the ambient state would give a resumed run other patches than an uninterrupted one.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
+import numpy as np
 import torch
 import torchio as tio
 from torch.utils.data import IterableDataset, get_worker_info
+
+
+def stream_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from small integers (run seed, stream, rank, epoch, worker)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+@contextmanager
+def drawing_from(generator: torch.Generator):
+    """Run TorchIO's samplers and transforms (which draw from torch's global generator) on a seed taken from
+    `generator`, and leave the global generator as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(2**62, (), generator=generator)))
+        yield
 
 
 class PatchStream(IterableDataset):
@@ -30,6 +51,7 @@ class PatchStream(IterableDataset):
         buffer_size: int,
         augmentation: tio.Transform | None = None,
         groups: list[str] | None = None,
+        seed: int = 0,
     ):
         self.subjects = subjects
         self.sampler = sampler
@@ -38,6 +60,12 @@ class PatchStream(IterableDataset):
         self.buffer_size = max(buffer_size, samples_per_volume)
         self.augmentation = augmentation
         self.groups = groups
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next iteration draws for (a loader's workers copy the stream when they start)."""
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return self.patches_per_epoch
@@ -49,29 +77,33 @@ class PatchStream(IterableDataset):
         share, extra = divmod(self.patches_per_epoch, worker.num_workers)
         return share + (1 if worker.id < extra else 0)
 
-    def _case_order(self):
+    def _case_order(self, generator: torch.Generator):
         """Cases in random order; with `groups` (one name per case) each group is drawn equally often."""
         if self.groups is None:
             while True:
-                yield from torch.randperm(len(self.subjects)).tolist()
+                yield from torch.randperm(len(self.subjects), generator=generator).tolist()
         members: dict[str, list[int]] = {}
         for index, group in enumerate(self.groups):
             members.setdefault(group, []).append(index)
         names = sorted(members)
         while True:
-            group = members[names[int(torch.randint(len(names), ()))]]
-            yield group[int(torch.randint(len(group), ()))]
+            group = members[names[int(torch.randint(len(names), (), generator=generator))]]
+            yield group[int(torch.randint(len(group), (), generator=generator))]
 
     def __iter__(self):
-        cases = self._case_order()
+        worker = get_worker_info()
+        generator = torch.Generator().manual_seed(stream_seed(self.seed, self.epoch, worker.id if worker else 0))
+        cases = self._case_order(generator)
         buffer: list[tio.Subject] = []
         for _ in range(self._share()):
             while len(buffer) < self.buffer_size:
                 subject = self.subjects[next(cases)]
-                buffer.extend(self.sampler(subject, self.samples_per_volume))
-            patch = buffer.pop(int(torch.randint(len(buffer), ())))
+                with drawing_from(generator):
+                    buffer.extend(self.sampler(subject, self.samples_per_volume))
+            patch = buffer.pop(int(torch.randint(len(buffer), (), generator=generator)))
             if self.augmentation is not None:
-                patch = self.augmentation(patch)
+                with drawing_from(generator):
+                    patch = self.augmentation(patch)
             yield self.item(patch)
 
     def item(self, patch: tio.Subject) -> dict:
