@@ -219,6 +219,8 @@ def _register_resolvers() -> None:
         "covlight.structures": lambda subtask: ListConfig(list(benchmark.SUBTASKS[subtask].structures)),
         "covlight.label_values": lambda structures: ListConfig(benchmark.label_values(structures)),
         "covlight.num_classes": lambda structures: len(benchmark.label_values(structures)),
+        "covlight.has_folds": lambda task: task in benchmark.TASKS_WITH_FOLDS,
+        "covlight.num_folds": lambda task: len(benchmark.FOLDS) if task in benchmark.TASKS_WITH_FOLDS else 1,
         "covlight.run_id": run_id,
         "covlight.run_dir": run_dir,
         "covlight.run_subdir": run_subdir,
