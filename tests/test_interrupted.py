@@ -139,10 +139,10 @@ def test_evaluate_killed_leaves_no_csv(volumes, tmp_path):
         nib.save(nib.Nifti1Image(shifted, mask.affine, mask.header), pred / f"case_{index:02d}.nii.gz")
     reference = tmp_path / "reference.csv"
     arguments = ["covlight.evaluate", "--pred", pred, "--gt", gt, "--workers", "1"]
-    seconds = timed(*arguments, "--out", reference)
+    seconds = min(timed(*arguments, "--out", reference), timed(*arguments, "--out", reference, "--force"))
 
     killed_mid_way = 0
-    for fraction in (0.5, 0.8, 0.95):
+    for fraction in (0.3, 0.6, 0.9):  # of the faster of two runs: the kills land while it runs, whatever the load
         out = tmp_path / f"killed-{fraction}.csv"
         killed_mid_way += kill_after([*arguments, "--out", out], seconds * fraction)
         assert not out.exists() or out.read_text() == reference.read_text()
@@ -155,10 +155,11 @@ def test_report_killed_leaves_no_report_md(tmp_path):
         for fold in FOLDS:
             make_run(tmp_path / "runs", name, fold, rows=fake_rows(rng, name, fold))
     reference = tmp_path / "reference"
-    seconds = timed("covlight.report", tmp_path / "runs", "--out", reference)
+    seconds = min(timed("covlight.report", tmp_path / "runs", "--out", reference),
+                  timed("covlight.report", tmp_path / "runs", "--out", reference, "--force"))
 
     killed_mid_way = 0
-    for fraction in (0.5, 0.8, 0.95):
+    for fraction in (0.3, 0.6, 0.9):  # of the faster of two runs: the kills land while it runs, whatever the load
         out = tmp_path / f"killed-{fraction}"
         killed_mid_way += kill_after(["covlight.report", tmp_path / "runs", "--out", out], seconds * fraction)
         if (out / "report.md").exists():
