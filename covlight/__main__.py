@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import hydra
@@ -10,9 +11,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from covlight.cluster import worker_argv
 from covlight.config import conf_dir
 from covlight.errors import ConfigError, CovlightError, report_error
-from covlight.sweep import record_job_error
+from covlight.sweep import LOG_VARIABLE, record_job_error
 
 log = logging.getLogger("covlight")
 
@@ -68,6 +70,10 @@ def objective(cfg: DictConfig, result: dict) -> float | None:
 
 
 def main() -> None:
+    worker = worker_argv(sys.argv[1:])
+    if worker is not None:  # a DDP worker Lightning started: rank 0's job, in rank 0's folder, recorded by rank 0
+        sys.argv[1:] = worker
+        os.environ.pop(LOG_VARIABLE, None)
     _hydra_entry()
 
 

@@ -7,9 +7,12 @@ and the config source that serves the top-level `experiments/` folder as Hydra's
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import json
+import logging
 import os
 import re
+import time
 from pathlib import Path
 
 from hydra.core.object_type import ObjectType
@@ -20,6 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 import covlight.data.options  # noqa: F401  (registers conf/data's schema, data_schema, in Hydra's ConfigStore)
 from covlight import benchmark
 from covlight.atomic import write_json
+from covlight.cluster import job_tasks
 from covlight.errors import ConfigError
 from covlight.schema import register as register_schemas
 
@@ -160,28 +164,46 @@ def write_status(run_dir: Path, state: str, **extra) -> None:
 
 
 _CHOSEN: dict[tuple, Path] = {}
+LOCK_FILE = "run.lock"
+JOIN_TIMEOUT_S = 600
+_LOCKS: dict[Path, int] = {}  # the lock file descriptor of each run folder this process has claimed
 
 
 def run_dir(output_root, identity, resume, job=0) -> str:
     """The run folder, chosen without touching the disk (so `--cfg`, a failed composition or a config merely read
     leave nothing behind): with resume=auto the newest unfinished run of the identity, else a new timestamped folder.
+    A rank other than 0 of a cluster job (covlight.cluster) joins the folder its rank 0 claimed instead.
 
     The same answer for every read in this process and sweep job (Hydra resolves the path more than once); Hydra
     creates the folder when the job starts and the run claims it (`claim_run_dir`).
     """
     key = (str(output_root), str(identity), str(resume), job)
     if key not in _CHOSEN:
-        _CHOSEN[key] = _choose_run_dir(Path(str(output_root)) / str(identity), resume)
+        tasks, parent = job_tasks(), Path(str(output_root)) / str(identity)
+        if tasks.rank > 0:
+            _CHOSEN[key] = _join_run_dir(parent, tasks.key, tasks.rank)
+        else:
+            _CHOSEN[key] = _choose_run_dir(parent, resume, tasks.key)
     return str(_CHOSEN[key])
 
 
-def _choose_run_dir(parent: Path, resume) -> Path:
+def _unfinished(parent: Path, job_key: str | None = None) -> list[Path]:
+    """The identity's unfinished run folders, oldest first (of one job only, when `job_key` is given)."""
+    if not parent.is_dir():
+        return []
+    statuses = [(d, read_status(d)) for d in sorted(parent.iterdir())]
+    return [d for d, status in statuses if status.get("state") in ("running", "failed")
+            and (job_key is None or status.get("job") == job_key)]
+
+
+def _choose_run_dir(parent: Path, resume, job_key: str | None = None) -> Path:
     if not _null(resume) and str(resume) != "auto":
         raise ConfigError(f"resume={resume!r}: use resume=auto, or ckpt_path=<checkpoint> for a given checkpoint")
-    if str(resume) == "auto" and parent.is_dir():
-        unfinished = [d for d in sorted(parent.iterdir()) if read_status(d).get("state") in ("running", "failed")]
-        if unfinished:
-            return unfinished[-1]
+    own = _unfinished(parent, job_key) if job_key else []
+    if own:  # this job, requeued (preempted, timed out): it continues in its own folder
+        return own[-1]
+    if str(resume) == "auto" and _unfinished(parent):
+        return _unfinished(parent)[-1]
     stamp = _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     chosen = set(_CHOSEN.values())
     for suffix in range(1, 10_000):
@@ -191,26 +213,96 @@ def _choose_run_dir(parent: Path, resume) -> Path:
     raise ConfigError(f"{parent}: no free run folder name for {stamp}")
 
 
+def _join_run_dir(parent: Path, job_key: str, rank: int) -> Path:
+    """Rank `rank` of a cluster job: the unfinished folder its rank 0 claimed for the job, once it has."""
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
+    while not _unfinished(parent, job_key):
+        if time.monotonic() > deadline:
+            raise ConfigError(f"rank {rank} of job {job_key}: rank 0 claimed no run folder under {parent} within "
+                              f"{JOIN_TIMEOUT_S} s; see rank 0's log for why it stopped")
+        time.sleep(0.5)
+    return _unfinished(parent, job_key)[-1]
+
+
 def run_subdir(output_root, *identity) -> str:
     return os.path.relpath(run_dir(output_root, *identity), str(output_root))
 
 
-def claim_run_dir(run_dir: Path, resume: bool) -> None:
-    """Make `run_dir` this run's, when the run starts: a finished run is never touched; a new run takes a folder
-    no other run has claimed (status.json created exclusively), a resumed one its own unfinished folder."""
+def claim_run_dir(run_dir: Path, resume: bool, if_busy: str = "error", job: str | None = None) -> Path:
+    """Make a run folder this run's, when the run starts, and hold it until the run ends (an advisory lock on
+    `run.lock`, which holds the holder's pid; the kernel drops it when the process dies, so a killed run never
+    blocks a resume). Returns the folder claimed:
+
+    - a finished run is never touched;
+    - `resume` on an unfinished folder: that folder, unless a live run holds it: then an error naming its pid, or,
+      with if_busy="new", a new folder;
+    - a new run: `run_dir`, or the next free name (`<name>_2`, ...) when another run claimed it first (two jobs of
+      the same identity started in the same second chose the same name).
+    `job` (a cluster job's id) is recorded in status.json, where the job's other ranks and a requeued job find it.
+    """
     state = read_status(run_dir).get("state")
     if state == "finished":
         raise ConfigError(f"{run_dir} holds a finished run; it is never touched. Start a new run instead.")
-    run_dir.mkdir(parents=True, exist_ok=True)
     if resume and state is not None:
-        write_status(run_dir, "running")
-        return
+        if _lock(run_dir):
+            write_status(run_dir, "running", **({"job": job} if job else {}))
+            return run_dir
+        holder = _lock_holder(run_dir)
+        if if_busy != "new":
+            raise ConfigError(f"{run_dir} is in use by process {holder} (it holds {run_dir / LOCK_FILE}): wait "
+                              "for that run to end or stop it, or pass resume_busy=new to train in a new folder")
+        logging.getLogger("covlight").warning("%s is in use by process %s: this run takes a new folder", run_dir,
+                                              holder)
+        return _claim_new(run_dir.parent / _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S"), job)
+    return _claim_new(run_dir, job)
+
+
+def _claim_new(run_dir: Path, job: str | None) -> Path:
+    match = re.fullmatch(r"(.*)_(\d+)", run_dir.name)
+    base, first = (match.group(1), int(match.group(2))) if match else (run_dir.name, 1)
+    for number in range(first, first + 10_000):
+        folder = run_dir.parent / (base if number == 1 else f"{base}_{number}")
+        folder.mkdir(parents=True, exist_ok=True)
+        if not _lock(folder):
+            continue
+        try:
+            with open(folder / STATUS_FILE, "x", encoding="utf-8") as handle:
+                handle.write(json.dumps({"state": "running", **({"job": job} if job else {})}) + "\n")
+        except FileExistsError:  # a run that ended, or died, claimed it before
+            release_run_dir(folder)
+            continue
+        if folder != run_dir:
+            logging.getLogger("covlight").info("%s was claimed by another run: this run takes %s", run_dir, folder)
+        return folder
+    raise ConfigError(f"{run_dir.parent}: no free run folder name for {base}")
+
+
+def _lock(run_dir: Path) -> bool:
+    """Take the run folder's lock without waiting; write this process's pid into the lock file."""
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        with open(run_dir / STATUS_FILE, "x", encoding="utf-8") as handle:
-            handle.write(json.dumps({"state": "running"}) + "\n")
-    except FileExistsError:
-        raise ConfigError(f"{run_dir} is claimed by another run ({STATUS_FILE}: {state or 'just created'}); start "
-                          "this one again for a new folder, or resume=auto to continue an unfinished run") from None
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _LOCKS[run_dir] = fd
+    return True
+
+
+def _lock_holder(run_dir: Path) -> str:
+    try:
+        return (run_dir / LOCK_FILE).read_text(encoding="utf-8").strip() or "(starting)"
+    except OSError:
+        return "(unknown)"
+
+
+def release_run_dir(run_dir: Path) -> None:
+    """Let go of a run folder this process claimed (a sweep's next job in this process may resume it)."""
+    fd = _LOCKS.pop(Path(run_dir), None)
+    if fd is not None:
+        os.close(fd)
 
 
 def _register_resolvers() -> None:

@@ -40,6 +40,7 @@ class RunSchema:
     fold: int | None = MISSING
     seed: int = MISSING
     resume: str | None = MISSING
+    resume_busy: str = MISSING
     init_from: str | None = MISSING
     test_only: bool = MISSING
     ckpt_path: str | None = MISSING

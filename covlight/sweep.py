@@ -14,10 +14,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from covlight.cluster import job_tasks
 from covlight.config import read_status
 from covlight.errors import WORK_FAILED
 
@@ -45,9 +47,9 @@ class SweepSummary(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         log = os.environ.get(LOG_VARIABLE)
-        if not log:
+        if not log or job_tasks().rank > 0:  # a job is recorded once, by its rank 0 (covlight.cluster)
             return
-        run_dir = Path(str(config.hydra.runtime.output_dir))
+        run_dir = Path(str(HydraConfig.get().runtime.output_dir))  # the folder the run claimed (covlight.train)
         status = read_status(run_dir)
         failed = job_return.status == JobStatus.FAILED or status.get("state") != "finished"
         error = _job_error or status.get("error")

@@ -7,15 +7,17 @@ import uuid
 from pathlib import Path
 
 import lightning.pytorch as pl
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from covlight.benchmark import METRICS_FILE
 from covlight.callbacks.checkpoint import LastCheckpoint, checkpoint_position, load_checkpoint
 from covlight.callbacks.scoring import CaseScoring
-from covlight.config import check_combination, claim_run_dir, read_status, write_status
+from covlight.cluster import check_launch, export_distributed_env, job_tasks, lightning_workers_join
+from covlight.config import check_combination, claim_run_dir, read_status, release_run_dir, write_status
 from covlight.errors import ConfigError, CovlightError
 from covlight.metrics.results import summary_table
 
@@ -77,14 +79,15 @@ def instantiate_data(config: DictConfig):
         raise
 
 
-def checkpoint_to_resume(cfg: DictConfig, run_dir: Path, last: Path | None) -> str | None:
-    """ckpt_path=, or with resume=auto the run folder's last checkpoint; checked readable before training starts."""
+def checkpoint_to_resume(cfg: DictConfig, run_dir: Path, last: Path | None, resuming: bool) -> str | None:
+    """ckpt_path=, or when resuming (resume=auto, a requeued job) the run folder's last checkpoint; checked readable
+    before training starts."""
     if cfg.ckpt_path:
         path = Path(str(cfg.ckpt_path)).expanduser()
-    elif cfg.resume == "auto" and last is not None and last.is_file():
+    elif resuming and last is not None and last.is_file():
         path = last
     else:
-        if cfg.resume == "auto":
+        if resuming:
             rank_zero_only(log.info)("no checkpoint yet in %s: training starts from its first epoch", run_dir)
         return None
     if not path.is_file():
@@ -100,24 +103,61 @@ def run(cfg: DictConfig) -> dict:
 
     Returns {"test": per-dataset summary of the test scores, "validation": the last validation metrics}.
     """
+    job = job_tasks()
+    export_distributed_env(job)
     check_combination(cfg)
-    run_dir = Path(cfg.paths.output_dir)
-    rank_zero_only(claim_run_dir)(run_dir, resume=cfg.resume == "auto")
-    if cfg.print_config:
-        rank_zero_only(print_config_tree)(cfg)
-    rank_zero_only(_start_run_folder)(cfg, run_dir)
+    check_launch(cfg, job, _hydra_value("launcher._target_"))
+    chosen = Path(cfg.paths.output_dir)
+    # a requeued cluster job finds its folder by its id (covlight.config.run_dir) and continues it
+    resuming = cfg.resume == "auto" or (job.key is not None and read_status(chosen).get("job") == job.key)
+    run_dir = rank_zero_only(claim_run_dir)(chosen, resume=resuming, if_busy=cfg.resume_busy, job=job.key) or chosen
     try:
-        summary = _train_and_test(cfg, run_dir)
-    except BaseException as error:
-        rank_zero_only(write_status)(run_dir, "failed", error=f"{type(error).__name__}: {error}")
-        raise
-    rank_zero_only(write_status)(run_dir, "finished", metrics=str(run_dir / METRICS_FILE))
+        if run_dir != chosen:
+            _move_run(cfg, chosen, run_dir)
+        if cfg.print_config:
+            rank_zero_only(print_config_tree)(cfg)
+        rank_zero_only(_start_run_folder)(cfg, run_dir)
+        try:
+            with lightning_workers_join(run_dir, _hydra_value("overrides.task") or []):
+                summary = _train_and_test(cfg, run_dir, resuming)
+        except BaseException as error:
+            rank_zero_only(write_status)(run_dir, "failed", error=f"{type(error).__name__}: {error}")
+            raise
+        rank_zero_only(write_status)(run_dir, "finished", metrics=str(run_dir / METRICS_FILE))
+    finally:
+        release_run_dir(run_dir)
     return summary
+
+
+def _hydra_value(key: str):
+    """A key of Hydra's own config (`hydra.<key>`), None outside a Hydra run (a test composing the config)."""
+    return OmegaConf.select(HydraConfig.get(), key) if HydraConfig.initialized() else None
+
+
+def _move_run(cfg: DictConfig, chosen: Path, run_dir: Path) -> None:
+    """The claim gave this run another folder than Hydra chose: its outputs, Hydra's record of the job and its log
+    file go there."""
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+    if HydraConfig.initialized():
+        runtime = HydraConfig.get().runtime
+        with read_write(runtime):
+            runtime.output_dir = str(run_dir)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == chosen:
+            handler.close()  # reopened, in the new folder, at the next line logged
+            handler.baseFilename = str(run_dir / Path(handler.baseFilename).name)
 
 
 def _start_run_folder(cfg: DictConfig, run_dir: Path) -> None:
     config = {k: v for k, v in resolved_container(cfg).items() if k != "hydra"}
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config), encoding="utf-8")
+    if HydraConfig.initialized():  # what Hydra writes itself before the folder is claimed (conf/hydra/default.yaml)
+        hydra_dir = run_dir / ".hydra"
+        hydra_dir.mkdir(exist_ok=True)
+        OmegaConf.save(cfg, hydra_dir / "config.yaml")
+        OmegaConf.save(HydraConfig.instance().cfg, hydra_dir / "hydra.yaml")
+        OmegaConf.save(HydraConfig.get().overrides.task, hydra_dir / "overrides.yaml")
     identity = {k: config.get(k) for k in ("name", "fold", "seed")}
     identity.update(task=cfg.task.name, variant=cfg.task.get("variant"), source=cfg.source.name,
                     subtask=cfg.subtask.name, model=cfg.model.name)
@@ -133,7 +173,7 @@ def wandb_run_id(run_dir: Path) -> str:
     return status["wandb_id"]
 
 
-def _train_and_test(cfg: DictConfig, run_dir: Path) -> dict:
+def _train_and_test(cfg: DictConfig, run_dir: Path, resuming: bool) -> dict:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.logger and cfg.logger.get("wandb"):
         with open_dict(cfg):
@@ -153,7 +193,7 @@ def _train_and_test(cfg: DictConfig, run_dir: Path) -> dict:
     for logger in trainer.loggers:
         logger.log_hyperparams(config)
     if not cfg.test_only:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint_to_resume(cfg, run_dir, last),
+        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint_to_resume(cfg, run_dir, last, resuming),
                     weights_only=True)
     validation = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
     test_checkpoint = None

@@ -23,6 +23,7 @@ from covlight.config import (
     identity_parts,
     job_name,
     read_status,
+    release_run_dir,
     write_status,
 )
 from covlight.data.datamodule import SegmentationDataModule
@@ -179,13 +180,14 @@ def test_cfg_job_and_a_failed_composition_leave_no_folder(overrides, tmp_path):
 
 def test_a_run_folder_is_claimed_once_and_a_finished_one_never(tmp_path):
     folder = tmp_path / "run"
-    claim_run_dir(folder, resume=False)
+    assert claim_run_dir(folder, resume=False) == folder
     assert read_status(folder)["state"] == "running"
-    with pytest.raises(ConfigError, match="is claimed by another run"):
-        claim_run_dir(folder, resume=False)
+    assert claim_run_dir(folder, resume=False) == tmp_path / "run_2"  # claimed: the next free name
+    release_run_dir(folder)
+    assert claim_run_dir(folder, resume=False) == tmp_path / "run_3"  # a new run never takes a claimed folder
     write_status(folder, "failed")
-    claim_run_dir(folder, resume=True)
-    assert read_status(folder)["state"] == "running"
+    assert claim_run_dir(folder, resume=True) == folder
+    release_run_dir(folder)
     write_status(folder, "finished")
     for resume in (False, True):
         with pytest.raises(ConfigError, match="finished run; it is never touched"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,9 +14,9 @@ from covlight.config import read_status
 from tests.helpers.runs import FAST, REPO, TINY_2D, TINY_3D
 
 
-def run_cli(args, root, tmp_path):
+def run_cli(args, root, tmp_path, fast=FAST):
     env = {**os.environ, "COVLIGHT_DATA": str(root)}
-    command = [sys.executable, "-m", "covlight", *args, *TINY_2D, *FAST, "logger=none",
+    command = [sys.executable, "-m", "covlight", *args, *TINY_2D, *fast, "logger=none",
                f"paths.output_root={tmp_path}"]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
 
@@ -80,3 +81,51 @@ def test_two_fold_two_model_phantom_sweep_report(phantom_root, tmp_path):
         assert int(row["n"]) == 32 and set(row["folds"].split(";")) == {"0", "1"}
     report = (tmp_path / "report" / "report.md").read_text()
     assert "folds 2, 3, 4 missing" in report and (tmp_path / "report" / "boxplot_dsc.png").is_file()
+
+
+DDP_2_CPU = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+             "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1"]
+FAST_DDP = [o for o in FAST if o != "trainer=debug"]
+
+
+def assert_one_whole_folder_per_job(tmp_path, result, seeds=(0, 1)) -> list:
+    """Each job: one folder, finished, every test case scored once; the sweep's one summary says all finished."""
+    import csv
+
+    from covlight.benchmark import METRICS_FILE
+    from covlight.data.splits import COVID, official_split
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    folders = []
+    for seed in seeds:
+        (run_dir,) = (tmp_path / "task1" / "lung" / "unet2d" / f"fold0-seed{seed}").iterdir()
+        assert read_status(run_dir)["state"] == "finished"
+        with open(run_dir / METRICS_FILE) as handle:
+            names = [row["Name"] for row in csv.DictReader(handle)]
+        assert sorted(names) == sorted(official_split("task1", "lung", 0).test[COVID])  # once each
+        folders.append(run_dir)
+    (summary,) = (tmp_path / "sweeps").glob("*.summary.json")
+    summary = json.loads(summary.read_text())
+    assert summary["failed"] == [] and sorted(summary["finished"]) == sorted(map(str, folders))
+    return folders
+
+
+@pytest.mark.slow
+def test_ddp_sweep_gives_one_whole_folder_per_job(phantom_root, tmp_path):
+    """`-m` + trainer=ddp: Lightning's workers run their rank 0's job in its folder (no folder, sweep or summary
+    of their own), and the sweep's next job starts workers of its own."""
+    result = run_cli(["-m", "seed=0,1", *DDP_2_CPU], phantom_root, tmp_path, FAST_DDP)
+    for run_dir in assert_one_whole_folder_per_job(tmp_path, result):
+        assert "Starting with 2 processes" in (run_dir / "__main__.log").read_text()
+        assert (run_dir / "train_ddp_process_1.log").is_file()  # the worker logged in its rank 0's folder
+
+
+@pytest.mark.slow
+def test_submitit_tasks_of_a_job_share_its_folder(phantom_root, tmp_path):
+    """hydra.launcher.tasks_per_node=2 (one task per device, as SLURM users run DDP): rank 1 joins the folder rank
+    0 claimed, found by the job's id."""
+    result = run_cli(["-m", "hydra/launcher=local", "hydra.launcher.tasks_per_node=2", "seed=0,1", *DDP_2_CPU],
+                     phantom_root, tmp_path, FAST_DDP)
+    for run_dir in assert_one_whole_folder_per_job(tmp_path, result):
+        assert read_status(run_dir)["job"].startswith("submitit-")
+        assert "Starting with 2 processes" in (run_dir / "__main__.log").read_text()
