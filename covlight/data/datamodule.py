@@ -44,6 +44,7 @@ from covlight.data.transforms import (
     CheckCase,
     ResizeSlice,
     ScaleIntensity,
+    affine_range,
     augmentation_preset,
     class_indices,
     pad_to_at_least,
@@ -364,11 +365,12 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader | CombinedLoader:
         sampling = self.sampling
-        augmentation = augmentation_preset(self.spatial_dims, self.augmentation)
+        augmentation = augmentation_preset(self.spatial_dims, self.augmentation, self.patch_size)
+        affine = affine_range(self.spatial_dims, self.augmentation)  # patches come with what the affine reads
         self._streams = []
         stream = PatchStream(
             self._patch_source(self.records["train"]),
-            sampler=ForegroundSampler(self.patch_size, sampling.foreground_fraction),
+            sampler=ForegroundSampler(self.patch_size, sampling.foreground_fraction, affine=affine),
             samples_per_volume=sampling.samples_per_volume,
             patches_per_epoch=sampling.batches_per_epoch * self.batch_size,
             buffer_size=sampling.patch_buffer,
@@ -383,7 +385,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         batch_size = unlabelled_batch_size(self.unlabelled.ratio, self.batch_size)
         pool = UnlabelledStream(
             self._patch_source(self.records["unlabelled"], labelled=False),
-            sampler=tio.UniformSampler(self.patch_size),
+            sampler=ForegroundSampler(self.patch_size, foreground_fraction=0.0, affine=affine),
             samples_per_volume=sampling.samples_per_volume,
             patches_per_epoch=sampling.batches_per_epoch * batch_size,
             buffer_size=sampling.patch_buffer,
