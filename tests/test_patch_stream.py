@@ -64,3 +64,15 @@ def test_epochs_seeds_and_workers_draw_differently():
     assert not torch.equal(base, drawn(stream(seed=1), epoch=0))
     with_workers = drawn(stream(), epoch=0, workers=2)
     assert torch.equal(with_workers, drawn(stream(), epoch=0, workers=2))
+
+
+def test_persistent_workers_draw_each_epoch_as_a_fresh_loader_would():
+    """Workers kept between epochs still learn the epoch: the second iteration draws epoch 1's patches."""
+    patch_stream = stream()
+    patch_stream.set_epoch(0)
+    loader = DataLoader(patch_stream, batch_size=6, num_workers=2, persistent_workers=True)
+    first = torch.cat([batch["image"] for batch in loader])
+    patch_stream.set_epoch(1)
+    second = torch.cat([batch["image"] for batch in loader])
+    assert torch.equal(first, drawn(stream(), epoch=0, workers=2))
+    assert torch.equal(second, drawn(stream(), epoch=1, workers=2))
