@@ -68,7 +68,7 @@ def test_foreground_patches_stay_centred_on_their_voxel():
     subject = case((64, 64, 1), (1.0, 1.0, 1.0))
     subject["label"].data[:] = 0
     subject["label"].data[0, 5, 50, 0] = 1
-    options = Augmentation(affine_probability=1e-9)
+    options = Augmentation(affine_probability=1.0, degrees=5.0, scales=[1.0, 1.0])  # moves no voxel this near the centre
     sampler = ForegroundSampler((16, 16, 1), 1.0, affine=affine_range(2, options))
     for drawn in sampler(subject, 5):
         patch = tio.Compose([augmentation_preset(2, options, (16, 16, 1))[0]])(drawn)
@@ -86,3 +86,11 @@ def test_the_drawn_size_covers_the_largest_affine_and_nothing_when_there_is_none
     assert AffineRange((0.0, 0.0, 45.0), 1.0).drawn_size((11, 11, 1), (1.0, 1.0, 1.0)) == (17, 17, 1)
     assert AffineRange((0.0, 0.0, 45.0), 0.5).drawn_size((11, 11, 1), (1.0, 1.0, 1.0)) == (31, 31, 1)
     assert affine_range(3, Augmentation(affine_probability=0.0)) is None
+
+
+def test_only_patches_that_get_the_affine_are_drawn_with_context():
+    options = Augmentation(affine_probability=0.25)
+    sampler = ForegroundSampler((16, 16, 1), 0.0, affine=affine_range(2, options))
+    torch.manual_seed(0)
+    sizes = [tuple(drawn.spatial_shape) for drawn in sampler(case((64, 64, 1), (1.0, 1.0, 1.0)), 400)]
+    assert 0.2 < sum(size != (16, 16, 1) for size in sizes) / len(sizes) < 0.3

@@ -19,8 +19,9 @@ class ForegroundSampler(RandomSampler):
     class (small lesions) is seen as often as a large one. 2D training uses patches of z-size 1 from the same
     volumes, so slices get the same oversampling. Patches lie wholly inside the volume (pad it first).
 
-    With `affine` (the augmentation's `AffineRange`) each patch comes with the context its affine augmentation
-    reads from: it is drawn at `affine.drawn_size`, centred where the patch would be (so a foreground patch is
+    With `affine` (the augmentation's `AffineRange`) a patch that is to get the affine augmentation (drawn with its
+    probability) comes with the context the affine reads from: it is drawn at `affine.drawn_size`, centred where the
+    patch would be (so a foreground patch is
     still centred on its voxel once the augmentation has cropped it), and padded as the case is padded (image
     minimum, background) where it reaches beyond the case. With a `foreground_fraction` of 0 no label is read (an
     unlabelled case has none).
@@ -60,7 +61,7 @@ class ForegroundSampler(RandomSampler):
         """The patch at `start`, with the context the affine augmentation needs around it; beyond the case, each
         image is padded with its case's minimum (`lowest`, filled on first need) and a label with background."""
         patch = np.asarray(self.patch_size, dtype=int)
-        if self.affine is None:
+        if self.affine is None or torch.rand(()).item() >= self.affine.probability:
             return self.extract_patch(subject, tuple(int(s) for s in start))
         margin = (np.asarray(self.affine.drawn_size(patch, subject.spacing)) - patch) // 2
         shape = np.asarray(subject.spatial_shape)

@@ -1,12 +1,14 @@
 """TorchIO transforms covlight adds (case checks, intensity scaling, slice resizing, contrast and histogram
 augmentation), TorchIO's own label remapping and padding as covlight uses them, and the augmentation preset.
 
-Spatial augmentation is done as nnU-Net does it: the sampler draws a patch large enough for the largest rotation and
-scaling the preset can draw (`AffineRange.drawn_size`), the affine resamples only its centre, of the patch size
-(`RandomAffineCrop`), so a rotated or down-scaled patch holds no padding except where the case itself ends."""
+Spatial augmentation is done as nnU-Net does it: for a patch that gets the affine augmentation the sampler draws a
+patch large enough for the largest rotation and scaling the preset can draw (`AffineRange.drawn_size`), and the
+affine resamples only its centre, of the patch size (`RandomAffineCrop`), so a rotated or down-scaled patch holds
+no padding except where the case itself ends."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from collections.abc import Sequence
@@ -185,10 +187,12 @@ def _rotated_half_extents(half: np.ndarray, axis: int, degrees: float) -> np.nda
 
 @dataclass(frozen=True)
 class AffineRange:
-    """The rotations (largest angle about each axis, degrees) and the smallest scale the preset's affine draws."""
+    """The rotations (largest angle about each axis, degrees) and the smallest scale the preset's affine draws, and
+    the probability that a patch gets it (the sampler draws that patch with its context)."""
 
     degrees: tuple[float, float, float]
     smallest_scale: float
+    probability: float = 1.0
 
     def drawn_size(self, patch_size: Sequence[int], spacing: Sequence[float]) -> tuple[int, int, int]:
         """The patch to draw so that any affine of this range about its centre resamples the centred `patch_size`
@@ -221,7 +225,7 @@ def affine_range(spatial_dims: int, options: Augmentation | None = None) -> Affi
     if not a.affine_probability:
         return None
     degrees = (0.0, 0.0, a.degrees) if spatial_dims == 2 else (a.degrees / 3, a.degrees / 3, a.degrees)
-    return AffineRange(degrees=degrees, smallest_scale=float(min(a.scales)))
+    return AffineRange(degrees=degrees, smallest_scale=float(min(a.scales)), probability=a.affine_probability)
 
 
 def centre_cropping(shape: Sequence[int], size: Sequence[int]) -> tuple[int, ...]:
@@ -275,28 +279,35 @@ class CentredAffine(tio.Affine):
 
 
 class RandomAffineCrop(RandomTransform, tio.SpatialTransform):
-    """The preset's spatial step on a patch drawn at `AffineRange.drawn_size`: with `affine_probability` a
-    `CentredAffine` of a scaling and rotation drawn as TorchIO's RandomAffine draws them, otherwise the centred
-    `size` cropped as it is. Either way the patch comes out at `size`."""
+    """The preset's spatial step: a patch drawn larger than `size` (the sampler drew it with the context of an
+    affine, `AffineRange`) gets a `CentredAffine` of a scaling and rotation drawn as TorchIO's RandomAffine draws
+    them and comes out at `size`; a patch of `size` passes as it is."""
 
-    def __init__(self, size: Sequence[int], scales: Sequence[float], degrees: Sequence[float],
-                 affine_probability: float, **kwargs):
+    def __init__(self, size: Sequence[int], scales: Sequence[float], degrees: Sequence[float], **kwargs):
         super().__init__(**kwargs)
         self.size = tuple(int(n) for n in size)
         self.ranges = tio.RandomAffine(scales=tuple(scales), degrees=tuple(degrees))
-        self.affine_probability = affine_probability
 
     def apply_transform(self, subject: tio.Subject) -> tio.Subject:
-        if torch.rand(()).item() >= self.affine_probability:
-            return tio.Crop(centre_cropping(subject.spatial_shape, self.size), **self._get_base_args())(subject)
+        if tuple(subject.spatial_shape) == self.size:
+            return subject
+        # The patch is never deep-copied (the preset does not copy it, this transform is told copy=False): its images
+        # become new objects that share the data, and the affine gives them new data of the patch size, so the
+        # caller's patch is left as it was without copying the large drawn patch.
+        subject = copy.copy(subject)
+        subject.applied_transforms = list(subject.applied_transforms)
+        for name, image in subject.get_images_dict(intensity_only=False).items():
+            subject[name] = copy.copy(image)
         r = self.ranges
         scales, degrees, _ = r.get_params(r.scales, r.degrees, r.translation, r.isotropic)
-        return CentredAffine(self.size, scales.tolist(), degrees.tolist(), **self._get_base_args())(subject)
+        return CentredAffine(self.size, scales.tolist(), degrees.tolist(), **{**self._get_base_args(), "copy": False})(
+            subject)
 
 
 def augmentation_preset(spatial_dims: int, options: Augmentation | None, patch_size: Sequence[int]) -> tio.Compose:
     """The nnU-Net-spirit preset: affine, gamma, noise, blur, simulated low resolution (and flips if asked), for
-    patches drawn by a sampler told `affine_range(spatial_dims, options)` (the affine crops them to `patch_size`).
+    patches drawn by a sampler told `affine_range(spatial_dims, options)`: it draws a patch that is to get the affine
+    (with `affine_probability`) larger, with its context, and the affine crops it to `patch_size`.
 
     Off by default, for intensity domain generalisation: bias field, contrast and histogram augmentation.
 
@@ -311,7 +322,7 @@ def augmentation_preset(spatial_dims: int, options: Augmentation | None, patch_s
         rotation = (-small, small, -small, small, -a.degrees, a.degrees)
         low_resolution_axes = (0, 1, 2)
     transforms = [
-        RandomAffineCrop(patch_size, scales=a.scales, degrees=rotation, affine_probability=a.affine_probability),
+        RandomAffineCrop(patch_size, scales=a.scales, degrees=rotation, copy=False),
         tio.RandomAnisotropy(axes=low_resolution_axes, downsampling=tuple(a.low_resolution_factor),
                              p=a.low_resolution_probability),
         tio.RandomBlur(std=tuple(a.blur_std), p=a.blur_probability),
@@ -326,4 +337,4 @@ def augmentation_preset(spatial_dims: int, options: Augmentation | None, patch_s
         transforms.append(RandomContrast(a.contrast_range, p=a.contrast_probability))
     if a.histogram_probability:
         transforms.append(RandomHistogramWarp(a.histogram_strength, p=a.histogram_probability))
-    return tio.Compose(transforms)
+    return tio.Compose(transforms, copy=False)  # each transform copies what it changes (RandomAffineCrop: see there)
