@@ -1,6 +1,8 @@
 """`python -m covlight.predict`: a trained run applied to new scans or slices.
 
     python -m covlight.predict --run RUN_DIR --input PATH --output DIR
+    python -m covlight.predict --run RUN_A --run RUN_B ... --input PATH --output DIR
+    python -m covlight.predict --runs 'outputs/my_ct/infection/slices2d/fold*-seed0/*' --input PATH --output DIR
     python -m covlight.predict --ckpt FILE [--config CONFIG.yaml] --input PATH --output DIR
 
 The model is built from the run's saved config (`config.yaml`; `model.module` is instantiated, so a run folder is
@@ -17,12 +19,18 @@ Intensity kinds are declared, never guessed: `--intensity` for all inputs, else 
 for slices (said at start, and checked: an HU scan must hold air near -1000 HU). A canonical dataset folder's
 images are stored 0..255 already, and `--intensity` does not apply to them.
 
+Several runs (`--run` repeated, and/or `--runs` with a glob pattern, quoted so the shell leaves it alone) predict
+as an ensemble, as nnU-Net predicts with its 5 fold models: the class probabilities of every run are averaged,
+and the labels (and with `--probabilities` the maps) come from the mean. The runs must predict the same structures
+with the same preprocessing; otherwise nothing is predicted and the error names two runs and what differs.
+
 Exit status: 0 when every input was predicted, 1 when an input failed, 2 for unusable arguments.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,11 +72,30 @@ class Model:
     slice_size: tuple[int, ...] | None = None  # 2D slices are resized to it (data.slices.policy=resize)
     intensity_scaling: str = "range"  # data.preprocessing.intensity_scaling of the run
     histogram_landmarks: list[float] | None = None  # data.preprocessing.histogram_standardisation: the learnt scale
+    source: Path | None = None  # the run folder (or checkpoint) it was loaded from
 
     @property
     def structures(self) -> list[str]:
         """The structure of each class but the background, in class order."""
         return [STRUCTURE_OF_VALUE[value] for value in self.module.label_values[1:]]
+
+    def sharing(self) -> dict[str, object]:
+        """What every member of an ensemble must share: what it predicts and how its inputs are prepared."""
+        return {"structures": self.structures, "spatial dimensions": self.module.net_spatial_dims,
+                "target spacing": self.target_spacing, "slice size": self.slice_size,
+                "intensity scaling": self.intensity_scaling, "histogram landmarks": self.histogram_landmarks}
+
+
+def check_ensemble(models: list[Model]) -> None:
+    """One clear error naming two runs and what differs when the runs of an ensemble cannot be averaged."""
+    first = models[0]
+    for other in models[1:]:
+        for what, value in first.sharing().items():
+            theirs = other.sharing()[what]
+            if theirs != value:
+                raise CovlightError(f"--run {first.source} and --run {other.source} differ in their {what} "
+                                    f"({value} vs {theirs}); an ensemble averages runs that predict the same "
+                                    "structures with the same preprocessing: leave one of them out")
 
 
 @dataclass
@@ -82,12 +109,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     console = Console(stderr=True, soft_wrap=True)
     try:
-        model = load_model(args)
-        jobs = plan(args, model)
+        models = [load_model(args, config, checkpoint, source) for config, checkpoint, source in run_files(args)]
+        check_ensemble(models)
+        jobs = plan(args, models[0])
     except CovlightError as error:
         return report_error("covlight.predict", error)
-    describe(args, model, jobs, console)
-    done, failures = predict_all(jobs, model, args, console)
+    describe(args, models, jobs, console)
+    done, failures = predict_all(jobs, models, args, console)
     console.print(f"wrote {done} prediction(s) to {args.output}")
     if failures:
         console.print(f"[red]{len(failures)} input(s) failed, nothing written for them:[/red]")
@@ -102,10 +130,14 @@ def main(argv=None) -> int:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m covlight.predict",
                                      description="Apply a trained run to new scans or slices.")
-    model = parser.add_mutually_exclusive_group(required=True)
-    model.add_argument("--run", type=Path, help="a finished run folder (config.yaml, checkpoints/last.ckpt)")
-    model.add_argument("--ckpt", type=Path, help="a checkpoint file (its run's config.yaml is found beside "
-                                                 "checkpoints/, or give --config)")
+    parser.add_argument("--run", type=Path, action="append", default=[],
+                        help="a finished run folder (config.yaml, checkpoints/last.ckpt); repeat it to predict with "
+                             "the ensemble of the runs (mean class probabilities)")
+    parser.add_argument("--runs", action="append", default=[],
+                        help="a glob pattern of run folders (quoted), e.g. 'outputs/.../fold*-seed0/*': every "
+                             "match joins the ensemble")
+    parser.add_argument("--ckpt", type=Path, help="a checkpoint file (its run's config.yaml is found beside "
+                                                  "checkpoints/, or give --config)")
     parser.add_argument("--config", type=Path, help="with --ckpt: the run's resolved config.yaml")
     parser.add_argument("--input", type=Path, required=True,
                         help="an image file (NIfTI, NRRD, MHA/MHD, PNG/JPG), a DICOM series folder, a canonical "
@@ -126,14 +158,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"),
                         help="default: cuda when available, else cpu")
     args = parser.parse_args(argv)
+    if bool(args.ckpt) == bool(args.run or args.runs):
+        parser.error("give --run (or --runs), or --ckpt")
     if args.config and not args.ckpt:
         parser.error("--config goes with --ckpt (a run folder has its own config.yaml)")
     return args
 
 
 # ------------------------------------------------------------------------------------------------------ model
-def load_model(args) -> Model:
-    config_path, checkpoint_path = run_files(args)
+def load_model(args, config_path: Path, checkpoint_path: Path, source: Path) -> Model:
     try:
         config = OmegaConf.load(config_path)
         module = instantiate(config.model.module)
@@ -165,24 +198,39 @@ def load_model(args) -> Model:
     slice_size = data_state["slice_size"]
     return Model(module, tuple(float(s) for s in spacing) if spacing is not None else None, device,
                  tuple(int(n) for n in slice_size) if slice_size else None,
-                 data_state["intensity_scaling"], data_state["histogram_landmarks"])
+                 data_state["intensity_scaling"], data_state["histogram_landmarks"], source)
 
 
-def run_files(args) -> tuple[Path, Path]:
-    """The config and checkpoint to load, checked to exist (and, for --run, the run to be finished)."""
-    if args.run:
-        state = read_status(args.run).get("state")
-        if state != "finished":
-            raise CovlightError(f"{args.run} is not a finished run (status: {state or 'no status.json'}); its "
-                                f"checkpoint may be partial. To use it anyway: --ckpt {args.run / 'checkpoints'}"
-                                "/last.ckpt")
-        config, checkpoint = args.run / "config.yaml", args.run / "checkpoints" / "last.ckpt"
+def run_folders(args) -> list[Path]:
+    """The --run folders, then each --runs pattern's matches (sorted); each folder once."""
+    folders = list(args.run)
+    for pattern in args.runs:
+        matches = sorted(Path(match) for match in glob.glob(pattern) if Path(match).is_dir())
+        if not matches:
+            raise CovlightError(f"--runs {pattern!r} matches no run folder; check the pattern (quote it, so that "
+                                "the shell does not expand it)")
+        folders += matches
+    return list(dict.fromkeys(folders))
+
+
+def run_files(args) -> list[tuple[Path, Path, Path]]:
+    """(config, checkpoint, source) of each model to load, checked to exist (and each run to be finished)."""
+    if args.ckpt:
+        files = [(args.config or args.ckpt.parent.parent / "config.yaml", args.ckpt, args.ckpt)]
     else:
-        config, checkpoint = args.config or args.ckpt.parent.parent / "config.yaml", args.ckpt
-    for path, what in ((checkpoint, "checkpoint"), (config, "run config (give --config)")):
-        if not path.is_file():
-            raise CovlightError(f"{path}: no such {what}")
-    return config, checkpoint
+        files = []
+        for run in run_folders(args):
+            state = read_status(run).get("state")
+            if state != "finished":
+                raise CovlightError(f"{run} is not a finished run (status: {state or 'no status.json'}); its "
+                                    f"checkpoint may be partial. To use it anyway: --ckpt {run / 'checkpoints'}"
+                                    "/last.ckpt")
+            files.append((run / "config.yaml", run / "checkpoints" / "last.ckpt", run))
+    for config, checkpoint, _ in files:
+        for path, what in ((checkpoint, "checkpoint"), (config, "run config (give --config)")):
+            if not path.is_file():
+                raise CovlightError(f"{path}: no such {what}")
+    return files
 
 
 def mirror_axes(module: SupervisedSegmentation) -> tuple[int, ...]:
@@ -225,9 +273,13 @@ def plan(args, model: Model) -> list[Job]:
     return jobs
 
 
-def describe(args, model: Model, jobs: list[Job], console: Console) -> None:
-    """Say what is going to happen: the model, the intensity kinds assumed, mirroring, the device."""
+def describe(args, models: list[Model], jobs: list[Job], console: Console) -> None:
+    """Say what is going to happen: the model(s), the intensity kinds assumed, mirroring, the device."""
+    model = models[0]
     module = model.module
+    if len(models) > 1:
+        console.print(f"ensemble of {len(models)} runs (mean class probabilities): "
+                      + ", ".join(str(m.source) for m in models))
     console.print(f"model: {type(module).__name__}, {module.net_spatial_dims}D, structures {model.structures}"
                   + (f", resampled to {model.target_spacing} mm" if model.target_spacing else "")
                   + (f", slices resized to {model.slice_size}" if model.slice_size else "")
@@ -243,7 +295,7 @@ def describe(args, model: Model, jobs: list[Job], console: Console) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- prediction
-def predict_all(jobs: list[Job], model: Model, args, console: Console) -> tuple[int, list[str]]:
+def predict_all(jobs: list[Job], models: list[Model], args, console: Console) -> tuple[int, list[str]]:
     """Predict the jobs in order; (outputs written, failure messages). Stops at the first failure unless
     --keep-going."""
     done, failures = 0, []
@@ -254,7 +306,7 @@ def predict_all(jobs: list[Job], model: Model, args, console: Console) -> tuple[
             progress.update(task, description=job.source.name)
             try:
                 scan = read_scan(job.source, args.intensity or DEFAULT_INTENSITY.get(job.source.kind))
-                predict_scan(scan, job, model, args.label_format)
+                predict_scan(scan, job, models, args.label_format)
                 done += 1
             except DatasetError as error:
                 failures.append(str(error))
@@ -265,8 +317,10 @@ def predict_all(jobs: list[Job], model: Model, args, console: Console) -> tuple[
     return done, failures
 
 
-def predict_scan(scan: Scan, job: Job, model: Model, label_format: str) -> None:
-    """Preprocess as in training, slide the window, and write the results on the input's grid."""
+def predict_scan(scan: Scan, job: Job, models: list[Model], label_format: str) -> None:
+    """Preprocess as in training, slide the window of each model, average their class probabilities, and write
+    the results on the input's grid."""
+    model = models[0]  # the members share structures and preprocessing (check_ensemble)
     module = model.module
     if scan.source.kind == "slice" and module.net_spatial_dims != 2:
         raise DatasetError(f"{scan.source.path}: a 2D slice, but this run's model is 3D; use a 2D model's run")
@@ -274,8 +328,11 @@ def predict_scan(scan: Scan, job: Job, model: Model, label_format: str) -> None:
                           intensity=scan.intensity)
     steps = image_preprocessing(model.target_spacing, model.slice_size, model.intensity_scaling,
                                 model.histogram_landmarks)
-    image = tio.Compose(steps)(subject)["image"].data.float()
-    probabilities = module.predict_volume(image.to(model.device))
+    image = tio.Compose(steps)(subject)["image"].data.float().to(model.device)
+    probabilities = module.predict_volume(image)
+    for member in models[1:]:
+        probabilities += member.module.predict_volume(image)
+    probabilities /= len(models)
     if job.probabilities:
         probabilities = on_grid(probabilities, scan.image.shape)
         for index, path in enumerate(job.probabilities.values(), start=1):

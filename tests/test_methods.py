@@ -276,7 +276,8 @@ def test_recipes_compose(recipe):
         with pytest.raises(ConfigError, match="init_from=<the .* run folder>: no checkpoint"):
             load_initial_weights(instantiate(cfg.model.module), cfg.init_from)
     if recipe in ("fewshot_strong_aug", "intensity_dg"):
-        augmentation = augmentation_preset(cfg.model.spatial_dims, Augmentation(**cfg.data.augmentation))
+        augmentation = augmentation_preset(cfg.model.spatial_dims, Augmentation(**cfg.data.augmentation),
+                                           cfg.model.patch_size)
         assert len(augmentation) >= 6
 
 

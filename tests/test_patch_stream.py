@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from covlight.data.options import Augmentation
 from covlight.data.patches import PatchStream
 from covlight.data.sampling import ForegroundSampler
-from covlight.data.transforms import augmentation_preset
+from covlight.data.transforms import affine_range, augmentation_preset
 
 
 def stream(seed: int = 0) -> PatchStream:
@@ -22,8 +22,10 @@ def stream(seed: int = 0) -> PatchStream:
         subjects.append(tio.Subject(image=tio.ScalarImage(tensor=torch.from_numpy(rng.random((1, 24, 24, 12),
                                                                                               dtype=np.float32))),
                                     label=tio.LabelMap(tensor=torch.from_numpy(label)), dataset=f"d{index}"))
-    augmentation = augmentation_preset(3, Augmentation(affine_probability=1.0, noise_probability=1.0))
-    return PatchStream(tio.SubjectsDataset(subjects), sampler=ForegroundSampler((8, 8, 4), 0.5), samples_per_volume=2,
+    options = Augmentation(affine_probability=1.0, noise_probability=1.0)
+    augmentation = augmentation_preset(3, options, (8, 8, 4))
+    sampler = ForegroundSampler((8, 8, 4), 0.5, affine=affine_range(3, options))
+    return PatchStream(tio.SubjectsDataset(subjects), sampler=sampler, samples_per_volume=2,
                        patches_per_epoch=6, buffer_size=4, augmentation=augmentation, seed=seed)
 
 
@@ -62,3 +64,15 @@ def test_epochs_seeds_and_workers_draw_differently():
     assert not torch.equal(base, drawn(stream(seed=1), epoch=0))
     with_workers = drawn(stream(), epoch=0, workers=2)
     assert torch.equal(with_workers, drawn(stream(), epoch=0, workers=2))
+
+
+def test_persistent_workers_draw_each_epoch_as_a_fresh_loader_would():
+    """Workers kept between epochs still learn the epoch: the second iteration draws epoch 1's patches."""
+    patch_stream = stream()
+    patch_stream.set_epoch(0)
+    loader = DataLoader(patch_stream, batch_size=6, num_workers=2, persistent_workers=True)
+    first = torch.cat([batch["image"] for batch in loader])
+    patch_stream.set_epoch(1)
+    second = torch.cat([batch["image"] for batch in loader])
+    assert torch.equal(first, drawn(stream(), epoch=0, workers=2))
+    assert torch.equal(second, drawn(stream(), epoch=1, workers=2))

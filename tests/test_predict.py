@@ -9,6 +9,7 @@ prediction reproduces the run's own test predictions and can be scored by `covli
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,15 +48,16 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def runs(phantom_root, tmp_path_factory) -> dict[str, Path]:
-    """A 2D infection model and a 3D lung model, each one training step on task 1 fold 0's training cases
-    (no test set: the fixture tests nothing), as finished runs."""
+    """A 2D infection model (and a second one of another seed, for ensembles) and a 3D lung model, each one
+    training step on task 1 fold 0's training cases (no test set: the fixture tests nothing), as finished runs."""
     root = tmp_path_factory.mktemp("runs")
     made = {}
-    for name, model, subtask in (("2d", TINY_2D, "infection"), ("3d", TINY_3D, "lung")):
+    for name, model, subtask in (("2d", TINY_2D, "infection"), ("2d_b", TINY_2D, "infection"),
+                                 ("3d", TINY_3D, "lung")):
         run_dir = root / name
         cfg = compose_config(["task=task1", f"subtask={subtask}", *model, *FAST, "logger=none",
                               f"paths.data_dir={phantom_root}", f"paths.output_dir={run_dir}"])
-        pl.seed_everything(0, verbose=False)
+        pl.seed_everything(1 if name == "2d_b" else 0, verbose=False)
         trainer = pl.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False)
         config = {k: v for k, v in resolved_container(cfg).items() if k != "hydra"}
@@ -183,6 +185,52 @@ def test_slices_round_trip_with_probabilities_and_benchmark_labels(runs, phantom
     for name in ("a", "b", "c"):
         canonical = np.asarray(Image.open(out / f"{name}.png"))
         np.testing.assert_array_equal(np.asarray(Image.open(benchmark / f"{name}.png")), (canonical == 3) * 1)
+
+
+def test_an_ensemble_predicts_the_mean_of_its_runs_probabilities(runs, phantom_root, tmp_path):
+    """Two runs (`--run` twice, or a `--runs` glob): the probabilities are the mean of each run's own, the labels
+    come from the mean."""
+    stored = np.asarray(nib.load(phantom_root / "covid19_ct_seg" / "images" / f"{HELD_OUT[1]}.nii.gz").dataobj)
+    slices = tmp_path / "slices"
+    slices.mkdir()
+    Image.fromarray(picture_of(np.round(stored[5:42, :, 9]))).save(slices / "a.png")
+    own = {}
+    for name in ("2d", "2d_b"):
+        assert predict.main(["--run", str(runs[name]), "--input", str(slices), "--output", str(tmp_path / name),
+                             "--probabilities"]) == 0
+        own[name] = np.load(tmp_path / name / "probabilities" / "a_infection.npy")
+    assert not np.allclose(own["2d"], own["2d_b"])  # two different models
+    mean = (own["2d"] + own["2d_b"]) / 2
+    runs_root = runs["2d"].parent
+    for arguments in (["--run", str(runs["2d"]), "--run", str(runs["2d_b"])], ["--runs", str(runs_root / "2d*")]):
+        out = tmp_path / f"ensemble{len(arguments)}"
+        assert predict.main([*arguments, "--input", str(slices), "--output", str(out), "--probabilities"]) == 0
+        probability = np.load(out / "probabilities" / "a_infection.npy")
+        np.testing.assert_allclose(probability, mean, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(Image.open(out / "a.png")) == 3, probability > 0.5)
+
+
+def test_an_ensemble_of_runs_that_differ_is_refused_naming_both(runs, phantom_root, tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    nib.save(phantom_hu(phantom_root, HELD_OUT[0])[0], inputs / "scan.nii.gz")
+    code = predict.main(["--run", str(runs["2d"]), "--run", str(runs["3d"]), "--input", str(inputs), "--output",
+                         str(tmp_path / "out")])
+    message = capsys.readouterr().err
+    assert code == 2 and str(runs["2d"]) in message and str(runs["3d"]) in message and "structures" in message
+    zscore = tmp_path / "zscore"  # the same model but for the intensity scaling its checkpoint records
+    shutil.copytree(runs["2d_b"], zscore)
+    checkpoint = torch.load(zscore / "checkpoints" / "last.ckpt", weights_only=True)
+    checkpoint[PREPROCESSING_KEY]["intensity_scaling"] = "zscore"
+    torch.save(checkpoint, zscore / "checkpoints" / "last.ckpt")
+    code = predict.main(["--run", str(runs["2d"]), "--run", str(zscore), "--input", str(inputs), "--output",
+                         str(tmp_path / "out")])
+    message = capsys.readouterr().err
+    assert code == 2 and "intensity scaling (range vs zscore)" in message and str(zscore) in message
+    assert not (tmp_path / "out").exists()
+    assert predict.main(["--runs", str(tmp_path / "none*"), "--input", str(inputs), "--output",
+                         str(tmp_path / "out")]) == 2
+    assert "matches no run folder" in capsys.readouterr().err
 
 
 def test_mirroring_never_swaps_left_and_right_lungs(runs):

@@ -23,8 +23,14 @@ COMMON = [*TINY_2D, *[o for o in FAST if o != "trainer=debug"], "trainer.determi
           "data.sampling.batches_per_epoch=12", "+trainer.limit_val_batches=1"]
 
 
+WORKERS = "data.sampling.num_workers=2"  # loader workers kept between epochs (persistent_workers)
+
+
 def command(output_root: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "covlight", *COMMON, f"paths.output_root={output_root}", *extra]
+    """The run's command; a `data.sampling.num_workers=...` in `extra` replaces the common one."""
+    common = [o for o in COMMON if not (o.startswith("data.sampling.num_workers=")
+                                        and any(e.startswith("data.sampling.num_workers=") for e in extra))]
+    return [sys.executable, "-m", "covlight", *common, f"paths.output_root={output_root}", *extra]
 
 
 def single_run(output_root: Path) -> Path:
@@ -112,6 +118,25 @@ def test_same_seed_same_metrics_and_killed_run_resumes_to_them(env, tmp_path):
 
     resume(root, env, "logger=none")  # a finished run is never touched: a new folder
     assert len(list(parent.iterdir())) == 2
+
+
+@pytest.mark.slow
+def test_killed_run_with_persistent_loader_workers_resumes_to_the_uninterrupted_metrics(env, tmp_path):
+    """Loader workers kept from epoch to epoch learn each epoch's number, so a run resumed with fresh workers draws
+    the patches the uninterrupted run drew."""
+    done = subprocess.run(command(tmp_path / "a", "logger=none", WORKERS), cwd=REPO, env=env, capture_output=True,
+                          encoding="utf-8", errors="replace", timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reference = (single_run(tmp_path / "a") / "metrics.csv").read_text()
+    root = tmp_path / "k"
+    parent = root / "task1" / "lung" / "unet2d" / "fold0-seed0"
+    last = lambda: next(parent.glob("*/checkpoints/last.ckpt"), Path("absent"))  # noqa: E731
+    kill_when(start(root, env, "logger=none", WORKERS), lambda: (checkpoint_epoch(last()) or 0) >= 1,
+              "epoch 1 ended")
+    killed_at = checkpoint_epoch(last())
+    assert 0 < killed_at < MAX_EPOCHS - 1, f"killed at epoch {killed_at}: not mid-training"
+    resume(root, env, "logger=none", WORKERS)
+    assert (single_run(root) / "metrics.csv").read_text() == reference
 
 
 @pytest.mark.slow

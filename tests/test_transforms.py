@@ -96,6 +96,9 @@ def test_the_preset_records_every_transform_it_applied():
                            low_resolution_probability=1, bias_field_probability=1, contrast_probability=1,
                            histogram_probability=1)
     subject = tio.Subject(image=tio.ScalarImage(tensor=torch.rand(1, 16, 16, 1)))
-    augmented = augmentation_preset(2, options)(subject)
+    augmented = augmentation_preset(2, options, (12, 12, 1))(subject)
     assert [type(t).__name__ for t in augmented.history] == [
-        "Affine", "Resample", "Resample", "Blur", "Noise", "Gamma", "BiasField", "Contrast", "HistogramWarp"]
+        "CentredAffine", "Resample", "Resample", "Blur", "Noise", "Gamma", "BiasField", "Contrast", "HistogramWarp"]
+    assert augmented.spatial_shape == (12, 12, 1)  # the affine resamples the centre: the patch the net gets
+    replayed = augmented.get_composed_history()(subject)
+    assert torch.allclose(replayed["image"].data, augmented["image"].data)

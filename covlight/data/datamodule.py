@@ -37,13 +37,14 @@ from covlight.data.options import (
     Validation,
     as_options,
 )
-from covlight.data.patches import PatchStream, stream_seed
+from covlight.data.patches import PatchStream, drawing_from, stream_seed
 from covlight.data.sampling import ForegroundSampler
 from covlight.data.splits import Split
 from covlight.data.transforms import (
     CheckCase,
     ResizeSlice,
     ScaleIntensity,
+    affine_range,
     augmentation_preset,
     class_indices,
     pad_to_at_least,
@@ -152,6 +153,17 @@ class WholeCaseDataset(Dataset):
             "original_shape": torch.tensor(record.shape),
             "annotated": list(record.annotated),
         }
+
+
+def patch_quota(cases: int, total: int, per_case: int, generator: torch.Generator) -> list[int]:
+    """Patches for each of `cases` cases: `total` in all (fewer when `per_case` each is fewer), as even as can be,
+    the remainder to cases drawn at random."""
+    total = min(total, per_case * cases)
+    share, extra = divmod(total, cases)
+    quota = [share] * cases
+    for index in torch.randperm(cases, generator=generator)[:extra].tolist():
+        quota[index] += 1
+    return quota
 
 
 def _first(batch: list[dict]) -> dict:
@@ -347,11 +359,13 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------------------------ dataloaders
     def _stream_loader(self, stream: PatchStream, batch_size: int) -> DataLoader:
-        """Workers start afresh each epoch and draw what (seed, rank, stream, epoch) says (PatchStream)."""
+        """Workers are kept from epoch to epoch (no start-up and buffer fill each epoch) and draw what (seed, rank,
+        stream, epoch) says: the epoch reaches them through the stream's shared memory (PatchStream)."""
         stream.set_epoch(epoch_about_to_run(self.trainer))
         self._streams.append(stream)
-        return DataLoader(stream, batch_size=batch_size, num_workers=self.sampling.num_workers,
-                          worker_init_fn=_single_threaded_worker)
+        workers = self.sampling.num_workers
+        return DataLoader(stream, batch_size=batch_size, num_workers=workers, worker_init_fn=_single_threaded_worker,
+                          persistent_workers=workers > 0)
 
     def set_epoch(self, epoch: int) -> None:
         """Each epoch draws its own patches, the same in an uninterrupted and a resumed run (EpochSeeding)."""
@@ -364,11 +378,12 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader | CombinedLoader:
         sampling = self.sampling
-        augmentation = augmentation_preset(self.spatial_dims, self.augmentation)
+        augmentation = augmentation_preset(self.spatial_dims, self.augmentation, self.patch_size)
+        affine = affine_range(self.spatial_dims, self.augmentation)  # patches come with what the affine reads
         self._streams = []
         stream = PatchStream(
             self._patch_source(self.records["train"]),
-            sampler=ForegroundSampler(self.patch_size, sampling.foreground_fraction),
+            sampler=ForegroundSampler(self.patch_size, sampling.foreground_fraction, affine=affine),
             samples_per_volume=sampling.samples_per_volume,
             patches_per_epoch=sampling.batches_per_epoch * self.batch_size,
             buffer_size=sampling.patch_buffer,
@@ -383,7 +398,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         batch_size = unlabelled_batch_size(self.unlabelled.ratio, self.batch_size)
         pool = UnlabelledStream(
             self._patch_source(self.records["unlabelled"], labelled=False),
-            sampler=tio.UniformSampler(self.patch_size),
+            sampler=ForegroundSampler(self.patch_size, foreground_fraction=0.0, affine=affine),
             samples_per_volume=sampling.samples_per_volume,
             patches_per_epoch=sampling.batches_per_epoch * batch_size,
             buffer_size=sampling.patch_buffer,
@@ -394,18 +409,19 @@ class SegmentationDataModule(pl.LightningDataModule):
                               mode="max_size_cycle")
 
     def val_dataloader(self) -> DataLoader:
+        """`validation.patches` fixed patches (the same every epoch and run: drawn from a fixed seed), spread evenly
+        over the validation cases, at most `validation.patches_per_case` each; only cases that get one are loaded."""
         records = self.records["val"] or self.records["train"]  # task 1: training cases (never test cases)
-        generator_state = torch.random.get_rng_state()
-        torch.manual_seed(1234)  # the same validation patches every epoch and every run
-        try:
-            dataset = self._patch_source(records)
-            sampler = ForegroundSampler(self.patch_size, foreground_fraction=0.5)
-            patches = []
-            for subject in dataset:
-                for patch in sampler(subject, self.validation.patches_per_case):
+        generator = torch.Generator().manual_seed(1234)
+        quota = patch_quota(len(records), self.validation.patches, self.validation.patches_per_case, generator)
+        chosen = [(record, count) for record, count in zip(records, quota, strict=True) if count]
+        dataset = self._patch_source([record for record, _ in chosen])
+        sampler = ForegroundSampler(self.patch_size, foreground_fraction=0.5)
+        patches = []
+        with drawing_from(generator):
+            for subject, (_, count) in zip(dataset, chosen, strict=True):
+                for patch in sampler(subject, count):
                     patches.append({"image": patch["image"].data.float(), "label": patch["label"].data.long()})
-        finally:
-            torch.random.set_rng_state(generator_state)
         return DataLoader(PatchDataset(patches), batch_size=self.batch_size, shuffle=False, num_workers=0)
 
     def test_dataloader(self) -> DataLoader:

@@ -76,8 +76,17 @@ class Sampling:
 
 @dataclass
 class Validation:
+    """Cheap validation: fixed patches, drawn once, `patches` in all spread over the cases (at most
+    `patches_per_case` each)."""
+
+    patches: int = 100
     patches_per_case: int = 4
     inner_cases: int = 0
+
+    def __post_init__(self):
+        if self.patches < 1 or self.patches_per_case < 1:
+            raise ConfigError(f"data.validation.patches={self.patches} and patches_per_case="
+                             f"{self.patches_per_case} must be at least 1")
 
 
 @dataclass

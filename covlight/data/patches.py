@@ -7,10 +7,13 @@ stays free for the training step.
 Every random draw of a stream comes from (seed, epoch, worker), never from the random state of the process it runs
 in: Lightning creates the first epoch's loader iterator of a resumed run before any epoch-start hook could reseed,
 so a stream that drew from the ambient state would give a resumed run other patches than an uninterrupted one.
+The epoch lives in shared memory: a persistent loader worker (kept from epoch to epoch) holds its own copy of the
+stream, and still reads the epoch the main process set when it starts the next epoch's iteration.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 from contextlib import contextmanager
 
 import numpy as np
@@ -61,11 +64,15 @@ class PatchStream(IterableDataset):
         self.augmentation = augmentation
         self.groups = groups
         self.seed = seed
-        self.epoch = 0
+        self._epoch = multiprocessing.RawValue("q", 0)  # shared with the loader's workers, persistent ones too
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.value)
 
     def set_epoch(self, epoch: int) -> None:
-        """The epoch the next iteration draws for (a loader's workers copy the stream when they start)."""
-        self.epoch = int(epoch)
+        """The epoch the next iteration draws for, in this process and in every loader worker of the stream."""
+        self._epoch.value = int(epoch)
 
     def __len__(self) -> int:
         return self.patches_per_epoch

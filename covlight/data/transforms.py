@@ -1,11 +1,21 @@
 """TorchIO transforms covlight adds (case checks, intensity scaling, slice resizing, contrast and histogram
-augmentation), TorchIO's own label remapping and padding as covlight uses them, and the augmentation preset."""
+augmentation), TorchIO's own label remapping and padding as covlight uses them, and the augmentation preset.
+
+Spatial augmentation is done as nnU-Net does it: for a patch that gets the affine augmentation the sampler draws a
+patch large enough for the largest rotation and scaling the preset can draw (`AffineRange.drawn_size`), and the
+affine resamples only its centre, of the patch size (`RandomAffineCrop`), so a rotated or down-scaled patch holds
+no padding except where the case itself ends."""
 
 from __future__ import annotations
 
+import copy
+import itertools
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 import torchio as tio
 from torchio.transforms.augmentation import RandomTransform
@@ -17,8 +27,6 @@ from covlight.errors import ConfigError, DatasetError
 
 # Stored images are 0..255 whatever the source kind (docs/ARCHITECTURE.md); this is the range each kind is scaled from.
 STORED_RANGE = {kind: (0.0, 255.0) for kind in INTENSITY_KINDS}
-
-
 
 
 class ScaleIntensity(tio.Transform):
@@ -164,11 +172,144 @@ class RandomHistogramWarp(RandomTransform, tio.IntensityTransform):
         return HistogramWarp(factors, **self._get_base_args())(subject)
 
 
-def augmentation_preset(spatial_dims: int, options: Augmentation | None = None) -> tio.Compose:
-    """The nnU-Net-spirit preset: affine, gamma, noise, blur, simulated low resolution (and flips if asked).
+def _rotated_half_extents(half: np.ndarray, axis: int, degrees: float) -> np.ndarray:
+    """The half extents of the bounding box of a box of half extents `half` rotated about `axis` by any angle up to
+    `degrees` either way."""
+    limit = math.radians(min(abs(degrees), 90.0))
+    out = half.copy()
+    i, j = [k for k in range(3) if k != axis]
+    for a, b, target in ((half[i], half[j], i), (half[j], half[i], j)):
+        # max over |angle| <= limit of a cos + b sin: at atan2(b, a) when reachable, else at the limit
+        best = math.atan2(b, a)
+        out[target] = math.hypot(a, b) if best <= limit else a * math.cos(limit) + b * math.sin(limit)
+    return out
 
-    Off by default, for intensity domain generalisation: bias field, contrast and histogram augmentation
-    (added only when asked, so the default preset draws exactly the same random numbers as before).
+
+@dataclass(frozen=True)
+class AffineRange:
+    """The rotations (largest angle about each axis, degrees) and the smallest scale the preset's affine draws, and
+    the probability that a patch gets it (the sampler draws that patch with its context)."""
+
+    degrees: tuple[float, float, float]
+    smallest_scale: float
+    probability: float = 1.0
+
+    def drawn_size(self, patch_size: Sequence[int], spacing: Sequence[float]) -> tuple[int, int, int]:
+        """The patch to draw so that any affine of this range about its centre resamples the centred `patch_size`
+        from voxels inside it (linear interpolation included).
+
+        In millimetres: the voxel centres of the final patch span `half` either side of its centre; the affine reads
+        them from the inverse rotations and scales of those points, inside the bounding box of the box rotated about
+        each axis in turn (every order of the three, so whichever order the rotation is composed in) and divided by
+        the smallest scale (a 2D patch of z-size 1 keeps its size along z). The margin is even, so the centres of the
+        drawn and the final patch coincide.
+        """
+        size = np.asarray(patch_size, dtype=int)
+        step = np.asarray(spacing, dtype=float)
+        half = (size - 1) / 2 * step
+        reach = half.copy()
+        for order in itertools.permutations(range(3)):
+            box = half
+            for axis in order:
+                box = _rotated_half_extents(box, axis, self.degrees[axis])
+            reach = np.maximum(reach, box)
+        reach /= min(self.smallest_scale, 1.0)
+        margin = np.maximum(np.ceil(reach / step - (size - 1) / 2 - 1e-6), 0).astype(int)
+        margin[size == 1] = 0
+        return tuple(int(n) for n in size + 2 * margin)
+
+
+def affine_range(spatial_dims: int, options: Augmentation | None = None) -> AffineRange | None:
+    """The affine of the preset for these options (None when it never applies one)."""
+    a = options or Augmentation()
+    if not a.affine_probability:
+        return None
+    degrees = (0.0, 0.0, a.degrees) if spatial_dims == 2 else (a.degrees / 3, a.degrees / 3, a.degrees)
+    return AffineRange(degrees=degrees, smallest_scale=float(min(a.scales)), probability=a.affine_probability)
+
+
+def centre_cropping(shape: Sequence[int], size: Sequence[int]) -> tuple[int, ...]:
+    """TorchIO's cropping (x before, x after, y ..., z ...) that leaves the centred `size` of `shape`; the extra
+    voxel of an odd difference is cropped at the end."""
+    bounds = []
+    for n, keep in zip(shape, size, strict=True):
+        if keep > n:
+            raise ValueError(f"cannot crop {tuple(shape)} to {tuple(size)}")
+        before = (n - keep) // 2
+        bounds += [before, n - keep - before]
+    return tuple(bounds)
+
+
+class CentredAffine(tio.Affine):
+    """TorchIO's Affine about the image centre, resampled onto the image's centred `size` only (never onto the rest,
+    which only feeds the interpolation)."""
+
+    def __init__(self, size: Sequence[int], scales, degrees, **kwargs):
+        kwargs.setdefault("default_pad_value", "minimum")
+        super().__init__(scales, degrees, (0, 0, 0), **kwargs)
+        self.size = tuple(int(n) for n in size)
+        self.args_names = [*self.args_names, "size"]
+        del self.args_names[self.args_names.index("translation")]
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        bounds = centre_cropping(subject.spatial_shape, self.size)
+        start = np.asarray(bounds[::2], dtype=float)
+        cropped = []
+        for image in self.get_images(subject):
+            affine = image.affine.copy()
+            affine[:3, 3] = affine[:3, :3] @ start + affine[:3, 3]
+            cropped.append((image, affine))
+        subject = super().apply_transform(subject)
+        for image, affine in cropped:
+            image.affine = affine
+        return subject
+
+    def apply_affine_transform(self, sitk_image, transform, interpolation: str, default_value: float) -> torch.Tensor:
+        bounds = centre_cropping(sitk_image.GetSize(), self.size)
+        start = bounds[::2]
+        reference = sitk_image[start[0]:start[0] + self.size[0], start[1]:start[1] + self.size[1],
+                               start[2]:start[2] + self.size[2]]
+        resampler = sitk.ResampleImageFilter()
+        resampler.SetInterpolator(self.get_sitk_interpolator(interpolation))
+        resampler.SetReferenceImage(reference)
+        resampler.SetDefaultPixelValue(float(default_value))
+        resampler.SetOutputPixelType(sitk.sitkFloat32)
+        resampler.SetTransform(transform)
+        return torch.as_tensor(sitk.GetArrayFromImage(resampler.Execute(sitk_image)).transpose())
+
+
+class RandomAffineCrop(RandomTransform, tio.SpatialTransform):
+    """The preset's spatial step: a patch drawn larger than `size` (the sampler drew it with the context of an
+    affine, `AffineRange`) gets a `CentredAffine` of a scaling and rotation drawn as TorchIO's RandomAffine draws
+    them and comes out at `size`; a patch of `size` passes as it is."""
+
+    def __init__(self, size: Sequence[int], scales: Sequence[float], degrees: Sequence[float], **kwargs):
+        super().__init__(**kwargs)
+        self.size = tuple(int(n) for n in size)
+        self.ranges = tio.RandomAffine(scales=tuple(scales), degrees=tuple(degrees))
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        if tuple(subject.spatial_shape) == self.size:
+            return subject
+        # The patch is never deep-copied (the preset does not copy it, this transform is told copy=False): its images
+        # become new objects that share the data, and the affine gives them new data of the patch size, so the
+        # caller's patch is left as it was without copying the large drawn patch.
+        subject = copy.copy(subject)
+        subject.applied_transforms = list(subject.applied_transforms)
+        for name, image in subject.get_images_dict(intensity_only=False).items():
+            subject[name] = copy.copy(image)
+        r = self.ranges
+        scales, degrees, _ = r.get_params(r.scales, r.degrees, r.translation, r.isotropic)
+        return CentredAffine(self.size, scales.tolist(), degrees.tolist(), **{**self._get_base_args(), "copy": False})(
+            subject)
+
+
+def augmentation_preset(spatial_dims: int, options: Augmentation | None, patch_size: Sequence[int]) -> tio.Compose:
+    """The nnU-Net-spirit preset: affine, gamma, noise, blur, simulated low resolution (and flips if asked), for
+    patches drawn by a sampler told `affine_range(spatial_dims, options)`: it draws a patch that is to get the affine
+    (with `affine_probability`) larger, with its context, and the affine crops it to `patch_size`.
+
+    Off by default, for intensity domain generalisation: bias field, contrast and histogram augmentation.
 
     Rotations are in-plane for 2D models and mostly in-plane for 3D (slices are usually much thicker).
     """
@@ -181,8 +322,7 @@ def augmentation_preset(spatial_dims: int, options: Augmentation | None = None) 
         rotation = (-small, small, -small, small, -a.degrees, a.degrees)
         low_resolution_axes = (0, 1, 2)
     transforms = [
-        tio.RandomAffine(scales=tuple(a.scales), degrees=rotation, default_pad_value="minimum",
-                         p=a.affine_probability),
+        RandomAffineCrop(patch_size, scales=a.scales, degrees=rotation, copy=False),
         tio.RandomAnisotropy(axes=low_resolution_axes, downsampling=tuple(a.low_resolution_factor),
                              p=a.low_resolution_probability),
         tio.RandomBlur(std=tuple(a.blur_std), p=a.blur_probability),
@@ -190,11 +330,11 @@ def augmentation_preset(spatial_dims: int, options: Augmentation | None = None) 
         tio.RandomGamma(log_gamma=tuple(a.log_gamma), p=a.gamma_probability),
     ]
     if a.flip_axes:
-        transforms.insert(0, tio.RandomFlip(axes=tuple(a.flip_axes), flip_probability=0.5))
+        transforms.insert(1, tio.RandomFlip(axes=tuple(a.flip_axes), flip_probability=0.5))
     if a.bias_field_probability:
         transforms.append(tio.RandomBiasField(coefficients=a.bias_field_coefficients, p=a.bias_field_probability))
     if a.contrast_probability:
         transforms.append(RandomContrast(a.contrast_range, p=a.contrast_probability))
     if a.histogram_probability:
         transforms.append(RandomHistogramWarp(a.histogram_strength, p=a.histogram_probability))
-    return tio.Compose(transforms)
+    return tio.Compose(transforms, copy=False)  # each transform copies what it changes (RandomAffineCrop: see there)
