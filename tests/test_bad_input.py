@@ -25,8 +25,8 @@ from covlight.__main__ import unwrapped
 from covlight.callbacks.scoring import load_truth
 from covlight.data.datamodule import SegmentationDataModule
 from covlight.data.options import Sampling, Validation
-from covlight.data.splits import COVID, Split, official_split
 from covlight.errors import DatasetError
+from covlight.splits import COVID, Split, official_split
 from tests.helpers.runs import REPO
 
 CASE = "coronacases_002"

@@ -3,6 +3,7 @@ and the fix, nothing half-written that looks complete. The table of every bad in
 
 from __future__ import annotations
 
+import shutil
 import stat
 import zipfile
 
@@ -10,7 +11,10 @@ import numpy as np
 import pytest
 
 from covlight.prepare import main as prepare
+from covlight.report.__main__ import main as report_main
+from covlight.splits import COVID, official_split
 from tests.helpers import official_fakes as fakes
+from tests.helpers.run_folders import COLUMNS, fake_rows, make_run
 
 
 def prepare_fails(capsys, *argv) -> str:
@@ -77,3 +81,74 @@ def test_zip_symlink_member_is_refused_as_a_link(scan, tmp_path, capsys):
         zipped.writestr(link, "/etc/passwd")
     line = prepare_fails(capsys, *folder_import(archive, tmp_path))
     assert "archive member 'labels/c1.nii.gz' is a link" in line and "refused" in line and str(archive) in line
+
+
+# ---- the report --------------------------------------------------------------------------------------------------
+
+def report(capsys, root, out) -> tuple[int, str]:
+    code = report_main([str(root), "--out", str(out)])
+    return code, capsys.readouterr().err
+
+
+def metrics_text(rows) -> str:
+    lines = [",".join(["Name", "dataset", *COLUMNS])]
+    lines += [",".join([case, dataset, *("" if np.isnan(v) else repr(float(v)) for v in values)])
+              for case, dataset, values in rows]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    """Fold 0 of unet2d and unet3d, each with every test case of its split; returns (root, good run, spoilt run)."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "outputs"
+    good = make_run(root, "unet2d", 0, rows=fake_rows(rng, "unet2d", 0))
+    spoilt = make_run(root, "unet3d", 0, rows=fake_rows(rng, "unet3d", 0))
+    return root, good, spoilt
+
+
+def test_report_refuses_a_metrics_csv_cut_off_mid_row(two_runs, tmp_path, capsys):
+    root, good, spoilt = two_runs
+    text = (spoilt / "metrics.csv").read_text(encoding="utf-8")
+    lines = text.splitlines(keepends=True)
+    (spoilt / "metrics.csv").write_text("".join(lines[:9]) + lines[9][:30], encoding="utf-8")  # 8 rows and a bit
+    code, err = report(capsys, root, tmp_path / "report")
+    assert code == 1 and "Traceback" not in err
+    assert f"{spoilt / 'metrics.csv'}: line 10 has another number of cells than the header" in err
+    report_md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "| unet3d |" not in report_md and "| unet2d |" in report_md
+    assert f"`{spoilt}`: unreadable metrics.csv: {spoilt / 'metrics.csv'}: line 10" in report_md
+
+    shutil.rmtree(good)  # alone, it is no report at all, and the one line names the file
+    code, err = report(capsys, root, tmp_path / "alone")
+    assert code == 2 and "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if "error:" in line]
+    assert f"unreadable metrics.csv: {spoilt / 'metrics.csv'}: line 10" in line
+
+
+def test_report_refuses_a_run_without_every_test_case_of_its_split(two_runs, tmp_path, capsys):
+    root, good, spoilt = two_runs
+    rows = fake_rows(np.random.default_rng(1), "unet3d", 0)
+    (spoilt / "metrics.csv").write_text(metrics_text(rows[:9]), encoding="utf-8")  # 9 of the fold's 16, no MosMed
+    code, err = report(capsys, root, tmp_path / "report")
+    assert code == 1
+    missing = official_split("task1", "lung_infection", 0).test[COVID][9]
+    assert (f"{spoilt / 'metrics.csv'}: 9 of the 16 covid19_ct_seg test cases of task1 fold 0 (missing {missing}"
+            in err) and "not pooled" in err
+    assert "| unet3d |" not in (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    (spoilt / "metrics.csv").write_text(metrics_text(rows[:16]), encoding="utf-8")  # MosMed not imported: fine
+    assert report_main([str(root), "--out", str(tmp_path / "report2")]) == 0
+    (spoilt / "metrics.csv").write_text(metrics_text(rows + rows[:1]), encoding="utf-8")
+    code, err = report(capsys, root, tmp_path / "report3")
+    assert code == 1 and f"case(s) {rows[0][0]} more than once" in err
+
+
+def test_report_refuses_a_score_outside_0_1(two_runs, tmp_path, capsys):
+    root, good, spoilt = two_runs
+    rows = fake_rows(np.random.default_rng(1), "unet3d", 0)
+    rows[3][2][0] = 7.5
+    (spoilt / "metrics.csv").write_text(metrics_text(rows), encoding="utf-8")
+    code, err = report(capsys, root, tmp_path / "report")
+    assert code == 1
+    assert f"{spoilt / 'metrics.csv'}: L-lungDSC of {rows[3][0]} is 7.5, outside 0..1" in err
+    assert "191.8" not in (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
