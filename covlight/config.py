@@ -20,7 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 import covlight.data.options  # noqa: F401  (registers conf/data's schema, data_schema, in Hydra's ConfigStore)
 from covlight import benchmark
 from covlight.atomic import write_json
-from covlight.errors import ConfigError
+from covlight.errors import ConfigError, DiskFullError
 from covlight.schema import register as register_schemas
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -156,7 +156,10 @@ def write_status(run_dir: Path, state: str, **extra) -> None:
     path = Path(run_dir) / STATUS_FILE
     payload = {**read_status(run_dir), "state": state, "updated": _dt.datetime.now().isoformat(timespec="seconds"),
                **extra}
-    write_json(path, payload)
+    try:
+        write_json(path, payload)
+    except DiskFullError:  # no room for a second copy: rewritten in place, it reuses its own blocks
+        path.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
 
 
 _CHOSEN: dict[tuple, Path] = {}

@@ -12,11 +12,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from covlight.atomic import write_text
 from covlight.benchmark import METRICS_FILE
 from covlight.callbacks.checkpoint import LastCheckpoint, checkpoint_position, load_checkpoint
 from covlight.callbacks.scoring import CaseScoring
 from covlight.config import check_combination, claim_run_dir, read_status, write_status
-from covlight.errors import ConfigError, CovlightError
+from covlight.errors import ConfigError, CovlightError, disk_full
 from covlight.metrics.results import summary_table
 
 log = logging.getLogger("covlight")
@@ -105,11 +106,14 @@ def run(cfg: DictConfig) -> dict:
     rank_zero_only(claim_run_dir)(run_dir, resume=cfg.resume == "auto")
     if cfg.print_config:
         rank_zero_only(print_config_tree)(cfg)
-    rank_zero_only(_start_run_folder)(cfg, run_dir)
     try:
+        rank_zero_only(_start_run_folder)(cfg, run_dir)
         summary = _train_and_test(cfg, run_dir)
     except BaseException as error:
-        rank_zero_only(write_status)(run_dir, "failed", error=f"{type(error).__name__}: {error}")
+        full = disk_full(error, folder=run_dir)  # one line (which file, how much space) for a full disk anywhere
+        rank_zero_only(write_status)(run_dir, "failed", error=f"{type(full or error).__name__}: {full or error}")
+        if full is not None:
+            raise full from None
         raise
     rank_zero_only(write_status)(run_dir, "finished", metrics=str(run_dir / METRICS_FILE))
     return summary
@@ -117,7 +121,7 @@ def run(cfg: DictConfig) -> dict:
 
 def _start_run_folder(cfg: DictConfig, run_dir: Path) -> None:
     config = {k: v for k, v in resolved_container(cfg).items() if k != "hydra"}
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config), encoding="utf-8")
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config))
     identity = {k: config.get(k) for k in ("name", "fold", "seed")}
     identity.update(task=cfg.task.name, variant=cfg.task.get("variant"), source=cfg.source.name,
                     subtask=cfg.subtask.name, model=cfg.model.name)

@@ -3,18 +3,24 @@ and the fix, nothing half-written that looks complete. The table of every bad in
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import stat
+import subprocess
 import zipfile
 
 import numpy as np
 import pytest
+import yaml
 
+from covlight.evaluate import main as evaluate_main
 from covlight.prepare import main as prepare
 from covlight.report.__main__ import main as report_main
 from covlight.splits import COVID, official_split
 from tests.helpers import official_fakes as fakes
 from tests.helpers.run_folders import COLUMNS, fake_rows, make_run
+from tests.test_bad_input import covlight_cli
 
 
 def prepare_fails(capsys, *argv) -> str:
@@ -39,8 +45,8 @@ def scan(tmp_path):
     return src, fakes.hu(p).astype(np.float32), p
 
 
-def folder_import(src, tmp_path, *extra):
-    return ("folder", "--src", src, "--dest", tmp_path / "data", "--name", "mine", "--intensity", "hu",
+def folder_import(src, dest, *extra):
+    return ("folder", "--src", src, "--dest", dest, "--name", "mine", "--intensity", "hu",
             "--label-map", "1:1,2:2,3:3", *extra)
 
 
@@ -49,7 +55,7 @@ def test_nan_voxel_is_refused_at_import_and_again_on_rerun(scan, tmp_path, capsy
     image[5, 5, 5] = np.nan
     fakes.save_lps(src / "images" / "c1.nii.gz", image, p.spacing, np.float32)
     for _ in range(2):  # a rerun does not take the refused scan as done
-        line = prepare_fails(capsys, *folder_import(src, tmp_path))
+        line = prepare_fails(capsys, *folder_import(src, tmp_path / "data"))
         assert str(src / "images" / "c1.nii.gz") in line and "1 NaN or infinite voxel" in line
         assert not (tmp_path / "data" / "mine" / "images" / "c1.nii.gz").exists()
 
@@ -57,7 +63,7 @@ def test_nan_voxel_is_refused_at_import_and_again_on_rerun(scan, tmp_path, capsy
 def test_same_case_in_two_formats_is_refused_naming_both(scan, tmp_path, capsys):
     src, image, p = scan
     fakes.save_lps(src / "images" / "c1.nii", image + 1.0, p.spacing, np.float32)
-    line = prepare_fails(capsys, *folder_import(src, tmp_path))
+    line = prepare_fails(capsys, *folder_import(src, tmp_path / "data"))
     assert f"{src / 'images' / 'c1.nii'} and {src / 'images' / 'c1.nii.gz'} are both case 'c1'" in line
     assert "keep one" in line
     assert not (tmp_path / "data" / "mine").exists()
@@ -66,7 +72,7 @@ def test_same_case_in_two_formats_is_refused_naming_both(scan, tmp_path, capsys)
 def test_label_without_an_image_is_an_error_listing_it(scan, tmp_path, capsys):
     src, image, p = scan
     fakes.save_lps(src / "labels" / "c2.nii.gz", p.label, p.spacing, np.uint8)
-    line = prepare_fails(capsys, *folder_import(src, tmp_path))
+    line = prepare_fails(capsys, *folder_import(src, tmp_path / "data"))
     assert str(src / "labels" / "c2.nii.gz") in line and "no image" in line and "'images/*'" in line
     assert not (tmp_path / "data" / "mine").exists()
 
@@ -79,7 +85,7 @@ def test_zip_symlink_member_is_refused_as_a_link(scan, tmp_path, capsys):
         link = zipfile.ZipInfo("labels/c1.nii.gz")
         link.external_attr = (stat.S_IFLNK | 0o777) << 16
         zipped.writestr(link, "/etc/passwd")
-    line = prepare_fails(capsys, *folder_import(archive, tmp_path))
+    line = prepare_fails(capsys, *folder_import(archive, tmp_path / "data"))
     assert "archive member 'labels/c1.nii.gz' is a link" in line and "refused" in line and str(archive) in line
 
 
@@ -152,3 +158,85 @@ def test_report_refuses_a_score_outside_0_1(two_runs, tmp_path, capsys):
     assert code == 1
     assert f"{spoilt / 'metrics.csv'}: L-lungDSC of {rows[3][0]} is 7.5, outside 0..1" in err
     assert "191.8" not in (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+
+
+# ---- a full disk -------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 300 kB file system (a tmpfs: root only), unmounted afterwards; skipped where mounting is not permitted."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
+    yield folder
+    subprocess.run(["umount", "--lazy", str(folder)], check=True)  # lazy: a file a failed test left open
+
+
+def fill(folder, leave: int = 0) -> None:
+    """Fill the file system of `folder` up to `leave` bytes."""
+    with open(folder / "filler", "wb") as handle:
+        try:
+            handle.write(bytes(max(shutil.disk_usage(folder).free - leave, 0)))
+            handle.flush()
+        except OSError:
+            pass
+
+
+def disk_full_line(err: str, prog: str) -> str:
+    assert "Traceback" not in err and "Errno 28" not in err, err
+    (line,) = [line for line in err.splitlines() if line.startswith(f"{prog}: error: ")]
+    assert re.search(r"could not be written: No space left on device \(\d+ kB free in .*\)\. Free some space", line)
+    return line
+
+
+def partial_files(folder) -> list:
+    return [path for path in folder.rglob("*") if path.name.startswith(".partial") or ".covlight-extract" in str(path)]
+
+
+def test_disk_full_in_prepare(scan, small_disk, tmp_path, capsys):
+    src, image, p = scan
+    fill(small_disk, 30_000)
+    assert prepare([str(a) for a in folder_import(src, small_disk)]) == 2
+    line = disk_full_line(capsys.readouterr().err, "covlight.prepare")
+    assert str(small_disk / "mine") in line and ".partial" not in line
+    assert not partial_files(small_disk) and not (small_disk / "mine" / "dataset.json").exists()
+
+
+def test_disk_full_in_evaluate(phantom_root, small_disk, capsys):
+    gt = phantom_root / COVID
+    out = small_disk / "scores.csv"
+    fill(small_disk)
+    assert evaluate_main(["--pred", str(gt / "labels"), "--gt", str(gt), "--cases", "coronacases_001",
+                          "--workers", "1", "--out", str(out)]) == 2
+    line = disk_full_line(capsys.readouterr().err, "covlight.evaluate")
+    assert f"error: {out} could not be written" in line
+    assert not out.exists() and not partial_files(small_disk)
+
+
+def test_disk_full_in_training(phantom_root, small_disk):
+    """Training writes its folder, then the checkpoint of the first epoch, which the disk cannot hold."""
+    fill(small_disk, 60_000)
+    result = covlight_cli(phantom_root, small_disk, "trainer.max_epochs=2")
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = disk_full_line(result.stderr, "covlight")
+    (run_dir,) = [path.parent for path in small_disk.rglob("status.json")]
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "failed" and "could not be written" in status["error"], status
+    assert not partial_files(small_disk)
+    config = run_dir / "config.yaml"
+    assert not config.exists() or yaml.safe_load(config.read_text())["fold"] == 0  # whole, or not there
+    assert str(run_dir) in line
+
+
+def test_evaluate_out_is_a_folder(phantom_root, tmp_path, capsys):
+    gt = phantom_root / COVID
+    folder = tmp_path / "scores"
+    folder.mkdir()
+    assert evaluate_main(["--pred", str(gt / "labels"), "--gt", str(gt), "--cases", "coronacases_001",
+                          "--workers", "1", "--out", str(folder), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"--out {folder} is a folder: give the CSV's file name" in err
+    assert list(tmp_path.iterdir()) == [folder] and list(folder.iterdir()) == []
