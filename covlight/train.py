@@ -81,19 +81,26 @@ def instantiate_data(config: DictConfig):
 def checkpoint_to_resume(cfg: DictConfig, run_dir: Path, last: Path | None) -> str | None:
     """ckpt_path=, or with resume=auto the run folder's last checkpoint; checked readable before training starts."""
     if cfg.ckpt_path:
-        path = Path(str(cfg.ckpt_path)).expanduser()
+        path = given_checkpoint(cfg)
     elif cfg.resume == "auto" and last is not None and last.is_file():
         path = last
     else:
         if cfg.resume == "auto":
             rank_zero_only(log.info)("no checkpoint yet in %s: training starts from its first epoch", run_dir)
         return None
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such file; give a checkpoint file (a run's "
-                          "checkpoints/last.ckpt)")
     epoch, step = checkpoint_position(path)
     rank_zero_only(log.info)("resuming %s from epoch %d, step %d (%s)", run_dir, epoch, step, path)
     return str(path)
+
+
+def given_checkpoint(cfg: DictConfig) -> Path:
+    """The file `ckpt_path=` names, checked to be a training checkpoint (one clear error otherwise)."""
+    path = Path(str(cfg.ckpt_path)).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such file; give a checkpoint file (a run's "
+                          "checkpoints/last.ckpt)")
+    checkpoint_position(path)
+    return path
 
 
 def run(cfg: DictConfig) -> dict:
@@ -164,7 +171,7 @@ def _train_and_test(cfg: DictConfig, run_dir: Path) -> dict:
     if not cfg.test_only and not trainer.fast_dev_run:
         test_checkpoint = last and str(last)  # the last checkpoint, never one chosen on test cases
     elif cfg.test_only and cfg.ckpt_path:
-        test_checkpoint = str(cfg.ckpt_path)
+        test_checkpoint = str(given_checkpoint(cfg))
     trainer.test(module, datamodule=datamodule, ckpt_path=test_checkpoint, weights_only=True)
     scoring = next(c for c in callbacks if isinstance(c, CaseScoring))
     rank_zero_only(print_summary)(scoring.summary, run_dir)

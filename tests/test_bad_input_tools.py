@@ -13,14 +13,20 @@ import zipfile
 import numpy as np
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
+from covlight.config import check_combination
+from covlight.errors import ConfigError
 from covlight.evaluate import main as evaluate_main
+from covlight.predict import main as predict_main
 from covlight.prepare import main as prepare
 from covlight.report.__main__ import main as report_main
 from covlight.splits import COVID, official_split
+from covlight.train import resolved_container
 from tests.helpers import official_fakes as fakes
 from tests.helpers.run_folders import COLUMNS, fake_rows, make_run
-from tests.test_bad_input import covlight_cli
+from tests.helpers.runs import compose_config
+from tests.test_bad_input import covlight_cli, error_line
 
 
 def prepare_fails(capsys, *argv) -> str:
@@ -240,3 +246,52 @@ def test_evaluate_out_is_a_folder(phantom_root, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err and f"--out {folder} is a folder: give the CSV's file name" in err
     assert list(tmp_path.iterdir()) == [folder] and list(folder.iterdir()) == []
+
+
+# ---- config values -----------------------------------------------------------------------------------------------
+
+def test_negative_batch_size_names_the_key(tmp_path):
+    result = covlight_cli(tmp_path, tmp_path / "out", "model.batch_size=-3")
+    line = error_line(result)
+    assert "model.batch_size=-3: give the number of patches per batch and process, 1 or more" in line
+    assert not list((tmp_path / "out").rglob("status.json"))  # no run folder claimed
+
+
+def test_task_name_nan_stays_a_string(tmp_path):
+    """Hydra's override grammar reads `nan` as a float; the task schema types the key, so it stays the name."""
+    cfg = compose_config(["task=custom", "task.name=nan"])
+    assert cfg.task.name == "nan" and list(cfg.task.datasets) == ["nan"]
+    assert cfg.run_id == "nan/lung/unet3d/fold0-seed0"
+    with pytest.raises(ConfigError, match="unknown task 'nan'; choose one of task1, task2, task3, or task=custom"):
+        check_combination(compose_config(["task.name=nan"]))
+
+
+# ---- a .ckpt that is not a checkpoint: every way in goes through load_checkpoint ----------------------------------
+
+@pytest.fixture
+def not_a_checkpoint(tmp_path):
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(b"PK\x03\x04 this was never a checkpoint")
+    return path
+
+
+@pytest.mark.parametrize("overrides", [["init_from={ckpt}"], ["ckpt_path={ckpt}"],
+                                       ["test_only=true", "ckpt_path={ckpt}"]])
+def test_a_file_that_is_not_a_checkpoint_in_a_run(overrides, not_a_checkpoint, phantom_root, tmp_path):
+    result = covlight_cli(phantom_root, tmp_path / "out", *(o.format(ckpt=not_a_checkpoint) for o in overrides))
+    line = error_line(result)
+    assert f"{not_a_checkpoint} is damaged or not a checkpoint" in line and "IndexError" not in result.stderr
+    (status,) = (tmp_path / "out").rglob("status.json")
+    assert json.loads(status.read_text())["state"] == "failed"
+
+
+def test_a_file_that_is_not_a_checkpoint_in_predict(not_a_checkpoint, phantom_root, tmp_path, capsys):
+    config = tmp_path / "config.yaml"
+    cfg = compose_config(["model=unet2d", f"paths.output_dir={tmp_path / 'run'}"])
+    config.write_text(OmegaConf.to_yaml({k: v for k, v in resolved_container(cfg).items() if k != "hydra"}))
+    code = predict_main(["--ckpt", str(not_a_checkpoint), "--config", str(config),
+                         "--input", str(phantom_root / COVID), "--output", str(tmp_path / "preds")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"covlight.predict: error: {not_a_checkpoint} is damaged or not a checkpoint" in err
+    assert not (tmp_path / "preds").exists()
