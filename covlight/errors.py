@@ -38,9 +38,16 @@ def disk_full(error: BaseException, path=None, folder=None) -> DiskFullError | N
     the space left, when it or an error it was raised from is a full disk or quota; None otherwise."""
     if isinstance(error, DiskFullError):
         return error
-    while error is not None and getattr(error, "errno", None) not in (errno.ENOSPC, errno.EDQUOT):
-        error = error.__cause__ or error.__context__
-    if error is None:
+    pending, seen = [error], set()  # causes and contexts; a chain can loop (`raise error.__cause__ from None`)
+    while pending:
+        error = pending.pop()
+        if error is None or id(error) in seen:
+            continue
+        if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            break
+        seen.add(id(error))
+        pending += [error.__context__, error.__cause__]
+    else:
         return None
     target = path or getattr(error, "filename", None)
     where = Path(target or folder or ".")

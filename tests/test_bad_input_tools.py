@@ -3,6 +3,7 @@ and the fix, nothing half-written that looks complete. The table of every bad in
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import shutil
@@ -16,7 +17,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from covlight.config import check_combination
-from covlight.errors import ConfigError
+from covlight.errors import ConfigError, DatasetError, disk_full
 from covlight.evaluate import main as evaluate_main
 from covlight.predict import main as predict_main
 from covlight.prepare import main as prepare
@@ -295,3 +296,14 @@ def test_a_file_that_is_not_a_checkpoint_in_predict(not_a_checkpoint, phantom_ro
     assert code == 2 and "Traceback" not in err
     assert f"covlight.predict: error: {not_a_checkpoint} is damaged or not a checkpoint" in err
     assert not (tmp_path / "preds").exists()
+
+
+def test_disk_full_follows_a_looping_chain_of_errors():
+    """`raise error.__cause__ from None` (instantiate_data) makes a chain that loops: still an answer, at once."""
+    cause = DatasetError("the split file does not exist")
+    effect = RuntimeError("instantiating failed")
+    effect.__cause__, cause.__context__ = cause, effect
+    assert disk_full(cause) is None
+    full = OSError(errno.ENOSPC, "No space left on device")
+    effect.__context__ = full
+    assert "could not be written: No space left on device" in str(disk_full(cause, folder="/"))
