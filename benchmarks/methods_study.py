@@ -27,8 +27,8 @@ from omegaconf import OmegaConf, open_dict
 
 from covlight.config import conf_dir
 from covlight.data.canonical import affine_from_spacing, hu_to_0_255, write_case, write_dataset_json
-from covlight.data.splits import COVID, official_split
 from covlight.data.synthetic import make_phantom, write_phantom_dataset
+from covlight.splits import COVID, official_split
 from covlight.train import run
 
 SOURCE, POOL = "phantom_tumour", "phantom_covid_pool"
@@ -76,7 +76,7 @@ def run_config(method: str, seed: int, root: Path, output_dir: Path, args, init_
         cfg = compose(config_name="config", overrides=overrides)
     with open_dict(cfg):  # task 3 on phantoms: the tumour source + fold 0's 4 COVID cases; test on its 16 others
         cfg.data.split = OmegaConf.create({
-            "_target_": "covlight.data.splits.Split",
+            "_target_": "covlight.splits.Split",
             "train": {SOURCE: [f"phantom_tumour_{i:03d}" for i in range(1, args.source_cases + 1)],
                       COVID: fold.train[COVID]},
             "val": {}, "test": {COVID: fold.test[COVID]},

@@ -3,7 +3,8 @@
 The content goes to a temporary `.partial-<pid>-<name>` in the target's folder (same file system, so the rename
 is atomic; the pid keeps parallel writers apart; the name keeps its suffix, so nibabel or numpy pick the right
 format), is flushed to disk, then renamed over the target. On an error the temporary is removed and the target
-is left as it was; a killed process leaves only a `.partial-*` file, which nothing takes for a result.
+is left as it was; a killed process leaves only a `.partial-*` file, which nothing takes for a result. A full disk
+(or quota) is raised as one `DiskFullError` line naming the target and the space left, never a raw ENOSPC.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from covlight.errors import disk_full
 
 
 @contextmanager
@@ -32,8 +35,11 @@ def replacing(path) -> Iterator[Path]:
         finally:
             os.close(descriptor)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        full = disk_full(error, path)
+        if full is not None:
+            raise full from None
         raise
 
 

@@ -24,7 +24,7 @@ import covlight.data.options  # noqa: F401  (registers conf/data's schema, data_
 from covlight import benchmark
 from covlight.atomic import write_json
 from covlight.cluster import job_tasks
-from covlight.errors import ConfigError
+from covlight.errors import ConfigError, DiskFullError
 from covlight.schema import register as register_schemas
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -160,7 +160,10 @@ def write_status(run_dir: Path, state: str, **extra) -> None:
     path = Path(run_dir) / STATUS_FILE
     payload = {**read_status(run_dir), "state": state, "updated": _dt.datetime.now().isoformat(timespec="seconds"),
                **extra}
-    write_json(path, payload)
+    try:
+        write_json(path, payload)
+    except DiskFullError:  # no room for a second copy: rewritten in place, it reuses its own blocks
+        path.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
 
 
 _CHOSEN: dict[tuple, Path] = {}
@@ -332,14 +335,21 @@ register_schemas()
 
 # ----------------------------------------------------------------------------------------- combinations
 def check_combination(cfg: DictConfig) -> None:
-    """Fail at once, with the fix, on a (task, source, subtask, fold) the benchmark does not define."""
+    """Fail at once, with the fix, on a (task, source, subtask, fold) the benchmark does not define, or a value no
+    run can use."""
     task, source, subtask, fold = cfg.task.name, cfg.source.name, cfg.subtask.name, cfg.fold
     if "datasets" in cfg.task:
         check_custom_task(cfg)
     else:
+        if task not in benchmark.TASKS:
+            raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(benchmark.TASKS)}, or task=custom "
+                              f"task.name={task} for a task of your own")
         if task not in benchmark.TASKS_WITH_FOLDS and fold is not None:  # a fold would name the run's folder
             raise ConfigError(f"{task} has one split and no folds: drop fold={fold}")
         benchmark.check_combination(task, subtask, fold, source, cfg.task.get("variant", "official"))
+    if cfg.model.batch_size < 1:  # torch's own message would not name the key
+        raise ConfigError(f"model.batch_size={cfg.model.batch_size}: give the number of patches per batch and "
+                          "process, 1 or more")
     model_dims = cfg.model.spatial_dims
     patch = list(cfg.model.patch_size)
     if len(patch) != 3 or (model_dims == 2) != (patch[2] == 1):

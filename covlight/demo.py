@@ -18,12 +18,12 @@ from covlight.baseline import threshold_baseline
 from covlight.benchmark import COVID, METRICS_FILE, STRUCTURES, columns
 from covlight.config import identity_parts, read_status
 from covlight.data.canonical import read_dataset
-from covlight.data.splits import official_split
 from covlight.data.synthetic import write_phantom_dataset
 from covlight.errors import WORK_FAILED, CovlightError, report_error
 from covlight.metrics import score_case
 from covlight.metrics.results import CaseResults
 from covlight.report.__main__ import main as report_main
+from covlight.splits import official_split
 
 BARS = {STRUCTURES[name].dsc_column: bar
         for name, bar in (("left_lung", 0.90), ("right_lung", 0.90), ("infection", 0.50))}

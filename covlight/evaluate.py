@@ -39,7 +39,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from covlight.benchmark import BENCHMARK_METRICS, LABELS, METRICS, STRUCTURES, columns, ordered_structures
 from covlight.data.canonical import slice_spacing_note
-from covlight.errors import WORK_FAILED, CovlightError, report_error
+from covlight.errors import WORK_FAILED, CovlightError, DiskFullError, report_error
 from covlight.metrics.results import CaseResults, summary_table
 from covlight.metrics.structures import score_case
 
@@ -76,6 +76,8 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else default_output(Path(args.pred))
     try:
         jobs, structures = plan(args)
+        if out.is_dir():
+            raise CovlightError(f"--out {out} is a folder: give the CSV's file name (e.g. {out / 'metrics.csv'}).")
         if out.exists() and not args.force:
             raise CovlightError(f"{out} exists: pass --force to replace it, or choose another --out.")
     except CovlightError as error:
@@ -90,7 +92,10 @@ def main(argv=None) -> int:
                             WORK_FAILED)
     results = CaseResults(columns(structures, args.metrics), keys=("Name",), rows=rows)
     if rows:
-        results.write(out)
+        try:
+            results.write(out)
+        except DiskFullError as error:
+            return report_error(PROG, error)
         console.print(f"wrote {len(rows)} case(s) to {out}")
     Console().print(summary_table(results.column_stats(),
                                   f"{len(rows)} case(s): mean ± std over cases (NaN ignored)"))

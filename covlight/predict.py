@@ -44,6 +44,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from covlight.benchmark import LABELS, STRUCTURE_OF_VALUE
+from covlight.callbacks.checkpoint import load_checkpoint
 from covlight.config import read_status
 from covlight.data.canonical import INTENSITY_KINDS
 from covlight.data.datamodule import image_preprocessing
@@ -174,10 +175,10 @@ def load_model(args, config_path: Path, checkpoint_path: Path, source: Path) -> 
         raise CovlightError(f"cannot build the model from {config_path} ({type(error).__name__}: {error})") from None
     if not isinstance(module, SupervisedSegmentation):
         raise CovlightError(f"{config_path}: model.module is a {type(module).__name__}, not a SupervisedSegmentation")
+    checkpoint = load_checkpoint(checkpoint_path)  # a damaged file or not a checkpoint: one clear error
     try:
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         module.load_state_dict(checkpoint.get("state_dict", checkpoint))
-    except Exception as error:  # a damaged file, unsafe content, weights of another model
+    except Exception as error:  # weights of another model
         raise CovlightError(f"cannot load {checkpoint_path} into the model of {config_path} "
                             f"({type(error).__name__}: {error})") from None
     data_state = checkpoint.get(PREPROCESSING_KEY)

@@ -24,7 +24,7 @@ from pathlib import Path
 from covlight.data.importers import IMPORTERS
 from covlight.data.importers.archives import Staging
 from covlight.data.importers.runner import run_plan
-from covlight.errors import CovlightError, report_error
+from covlight.errors import report_error, user_mistake
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,8 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         with Staging(args.dest) as staging:
             for plan in IMPORTERS[args.dataset].plans(args, staging):
                 run_plan(plan, args.dest, force=args.force)
-    except CovlightError as error:
-        return report_error("covlight.prepare", error)
+    except Exception as error:
+        mistake = user_mistake(error)  # a CovlightError, or a full disk met by any write
+        if mistake is None:
+            raise
+        return report_error("covlight.prepare", mistake)
     return 0
 
 

@@ -13,12 +13,13 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from covlight.atomic import write_text
 from covlight.benchmark import METRICS_FILE
 from covlight.callbacks.checkpoint import LastCheckpoint, checkpoint_position, load_checkpoint
 from covlight.callbacks.scoring import CaseScoring
 from covlight.cluster import check_launch, export_distributed_env, job_tasks, lightning_workers_join
 from covlight.config import check_combination, claim_run_dir, read_status, release_run_dir, write_status
-from covlight.errors import ConfigError, CovlightError
+from covlight.errors import ConfigError, CovlightError, disk_full
 from covlight.metrics.results import summary_table
 
 log = logging.getLogger("covlight")
@@ -83,19 +84,26 @@ def checkpoint_to_resume(cfg: DictConfig, run_dir: Path, last: Path | None, resu
     """ckpt_path=, or when resuming (resume=auto, a requeued job) the run folder's last checkpoint; checked readable
     before training starts."""
     if cfg.ckpt_path:
-        path = Path(str(cfg.ckpt_path)).expanduser()
+        path = given_checkpoint(cfg)
     elif resuming and last is not None and last.is_file():
         path = last
     else:
         if resuming:
             rank_zero_only(log.info)("no checkpoint yet in %s: training starts from its first epoch", run_dir)
         return None
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such file; give a checkpoint file (a run's "
-                          "checkpoints/last.ckpt)")
     epoch, step = checkpoint_position(path)
     rank_zero_only(log.info)("resuming %s from epoch %d, step %d (%s)", run_dir, epoch, step, path)
     return str(path)
+
+
+def given_checkpoint(cfg: DictConfig) -> Path:
+    """The file `ckpt_path=` names, checked to be a training checkpoint (one clear error otherwise)."""
+    path = Path(str(cfg.ckpt_path)).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such file; give a checkpoint file (a run's "
+                          "checkpoints/last.ckpt)")
+    checkpoint_position(path)
+    return path
 
 
 def run(cfg: DictConfig) -> dict:
@@ -116,12 +124,15 @@ def run(cfg: DictConfig) -> dict:
             _move_run(cfg, chosen, run_dir)
         if cfg.print_config:
             rank_zero_only(print_config_tree)(cfg)
-        rank_zero_only(_start_run_folder)(cfg, run_dir)
         try:
+            rank_zero_only(_start_run_folder)(cfg, run_dir)
             with lightning_workers_join(run_dir, _hydra_value("overrides.task") or []):
                 summary = _train_and_test(cfg, run_dir, resuming)
         except BaseException as error:
-            rank_zero_only(write_status)(run_dir, "failed", error=f"{type(error).__name__}: {error}")
+            full = disk_full(error, folder=run_dir)  # one line (which file, how much space) for a full disk anywhere
+            rank_zero_only(write_status)(run_dir, "failed", error=f"{type(full or error).__name__}: {full or error}")
+            if full is not None:
+                raise full from None
             raise
         rank_zero_only(write_status)(run_dir, "finished", metrics=str(run_dir / METRICS_FILE))
     finally:
@@ -151,7 +162,7 @@ def _move_run(cfg: DictConfig, chosen: Path, run_dir: Path) -> None:
 
 def _start_run_folder(cfg: DictConfig, run_dir: Path) -> None:
     config = {k: v for k, v in resolved_container(cfg).items() if k != "hydra"}
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config), encoding="utf-8")
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config))
     if HydraConfig.initialized():  # what Hydra writes itself before the folder is claimed (conf/hydra/default.yaml)
         hydra_dir = run_dir / ".hydra"
         hydra_dir.mkdir(exist_ok=True)
@@ -200,7 +211,7 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, resuming: bool) -> dict:
     if not cfg.test_only and not trainer.fast_dev_run:
         test_checkpoint = last and str(last)  # the last checkpoint, never one chosen on test cases
     elif cfg.test_only and cfg.ckpt_path:
-        test_checkpoint = str(cfg.ckpt_path)
+        test_checkpoint = str(given_checkpoint(cfg))
     trainer.test(module, datamodule=datamodule, ckpt_path=test_checkpoint, weights_only=True)
     scoring = next(c for c in callbacks if isinstance(c, CaseScoring))
     rank_zero_only(print_summary)(scoring.summary, run_dir)

@@ -2,7 +2,9 @@
 
 Covered elsewhere: importer input (corrupt archives, an "hu" scan with no air, label values, geometry:
 test_prepare.py), prediction folders with missing or extra cases (test_evaluate.py), an unknown case id in a split
-and a missing data root (test_train_e2e.py), a config override naming a missing option (test_config.py).
+and a missing data root (test_train_e2e.py), a config override naming a missing option (test_config.py), the tools'
+edges (NaN scans at import, a full disk, a damaged metrics.csv in the report, files that are no checkpoint:
+test_bad_input_tools.py). The table of all of them: docs/BAD_INPUT.md.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from covlight.__main__ import unwrapped
 from covlight.callbacks.scoring import load_truth
 from covlight.data.datamodule import SegmentationDataModule
 from covlight.data.options import Sampling, Validation
-from covlight.data.splits import COVID, Split, official_split
 from covlight.errors import DatasetError
+from covlight.splits import COVID, Split, official_split
 from tests.helpers.runs import REPO
 
 CASE = "coronacases_002"

@@ -29,10 +29,10 @@ from covlight.data.canonical import read_dataset
 from covlight.data.custom_split import custom_split, kfold, read_split_file
 from covlight.data.datamodule import SegmentationDataModule
 from covlight.data.options import Slices
-from covlight.data.splits import Split
 from covlight.data.transforms import ResizeSlice
 from covlight.errors import ConfigError, DatasetError
 from covlight.prepare import main as prepare
+from covlight.splits import Split
 from covlight.train import run
 from tests.helpers.pictures import picture_of
 from tests.helpers.runs import FAST, REPO, TINY_2D, compose_config

@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 from covlight.config import conf_dir
 from covlight.data.datamodule import SegmentationDataModule
 from covlight.data.options import DataConfig, Sampling, Slices
-from covlight.data.splits import Split
 from covlight.errors import ConfigError
+from covlight.splits import Split
 from tests.helpers.runs import compose_config
 
 

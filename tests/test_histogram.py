@@ -11,7 +11,7 @@ from covlight.data.canonical import read_canonical
 from covlight.data.datamodule import SegmentationDataModule
 from covlight.data.histogram import PERCENTILES, landmarks_of, learn_standard_landmarks, standardise
 from covlight.data.options import Preprocessing, Sampling, Validation
-from covlight.data.splits import COVID, Split
+from covlight.splits import COVID, Split
 
 
 def scan(seed: int) -> np.ndarray:

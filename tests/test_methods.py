@@ -25,7 +25,6 @@ from covlight.config import check_combination, read_status
 from covlight.data.canonical import affine_from_spacing, hu_to_0_255, write_case, write_dataset_json
 from covlight.data.datamodule import SegmentationDataModule
 from covlight.data.options import Augmentation, Sampling, Unlabelled
-from covlight.data.splits import COVID, Split, official_split
 from covlight.data.synthetic import make_phantom, write_phantom_dataset
 from covlight.data.transforms import RandomContrast, RandomHistogramWarp, augmentation_preset
 from covlight.data.unlabelled import pool_lists
@@ -41,6 +40,7 @@ from covlight.methods.consistency import (
 from covlight.methods.mean_teacher import MeanTeacher
 from covlight.methods.ssl_pretrain import MaskedRestoration, block_mask
 from covlight.nets import UNet
+from covlight.splits import COVID, Split, official_split
 from covlight.train import load_initial_weights, run
 from tests.helpers.runs import FAST, REPO, TINY_2D, TINY_3D, compose_config
 
@@ -298,7 +298,7 @@ def fit_a_few_steps(cfg, steps: int = 2):
 def domain_split(cfg) -> None:
     """A non-COVID labelled source, one labelled COVID case (target) and the unlabelled pool (target)."""
     with open_dict(cfg):
-        cfg.data.split = OmegaConf.create({"_target_": "covlight.data.splits.Split",
+        cfg.data.split = OmegaConf.create({"_target_": "covlight.splits.Split",
                                            "train": {SOURCE: ["phantom_tumour_001", "phantom_tumour_002"],
                                                      COVID: ["coronacases_001"]},
                                            "val": {}, "test": {COVID: ["coronacases_002"]}})

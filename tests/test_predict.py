@@ -28,7 +28,7 @@ from covlight import evaluate, predict
 from covlight.config import write_status
 from covlight.data.importers.checks import hu_of
 from covlight.data.options import PREPROCESSING_KEY
-from covlight.data.splits import COVID, official_split
+from covlight.splits import COVID, official_split
 from covlight.train import resolved_container
 from tests.helpers.pictures import picture_of
 from tests.helpers.runs import FAST, REPO, TINY_2D, TINY_3D, compose_config
@@ -61,7 +61,7 @@ def runs(phantom_root, tmp_path_factory) -> dict[str, Path]:
         trainer = pl.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False)
         config = {k: v for k, v in resolved_container(cfg).items() if k != "hydra"}
-        split = {"_target_": "covlight.data.splits.Split", "_convert_": "all", "train": FOLD0.train, "val": {},
+        split = {"_target_": "covlight.splits.Split", "_convert_": "all", "train": FOLD0.train, "val": {},
                  "test": {}}
         datamodule = instantiate({**config["data"], "split": split})
         trainer.fit(instantiate(cfg.model.module), datamodule=datamodule)

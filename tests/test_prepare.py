@@ -15,8 +15,8 @@ from PIL import Image
 
 from covlight.data import canonical
 from covlight.data.canonical import hu_to_0_255, read_dataset
-from covlight.data.splits import COVID_CASES, load_split_file
 from covlight.prepare import main
+from covlight.splits import COVID_CASES, load_split_file
 from tests.helpers import official_fakes as fakes
 
 COVID_SUBSET = ["coronacases_001", "coronacases_002", "radiopaedia_10_85902_1"]

@@ -15,9 +15,9 @@ from covlight.callbacks.scoring import CaseScoring
 from covlight.data.canonical import hu_to_0_255, read_dataset, write_case, write_dataset_json
 from covlight.data.datamodule import SegmentationDataModule
 from covlight.data.options import Preprocessing, Sampling, Validation
-from covlight.data.splits import Split
 from covlight.methods.supervised import SupervisedSegmentation
 from covlight.nets import UNet
+from covlight.splits import Split
 
 
 def import_cip(shared_data, root):

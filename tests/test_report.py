@@ -80,9 +80,11 @@ def test_nan_case_excluded_and_counted(sweep):
     summary = read_csv(sweep["out"] / "summary.csv")
     row = next(r for r in summary if r["name"] == "unet2d" and r["dataset"] == "covid19_ct_seg"
                and r["structure"] == "infection" and r["metric"] == "dsc")
-    assert (row["n"], row["nan"]) == ("7", "1")
-    rows = [r for r in cases_of(sweep, "unet2d", FOLDS, "covid19_ct_seg") if r["Name"] != NAN_CASE[2]]
-    assert len(rows) == 7
+    assert (row["n"], row["nan"]) == ("31", "1")
+    rows = cases_of(sweep, "unet2d", FOLDS, "covid19_ct_seg")
+    assert [r["Name"] for r in rows if r["LesionDSC"] == "nan"] == [NAN_CASE[2]]
+    rows = [r for r in rows if r["LesionDSC"] != "nan"]
+    assert len(rows) == 31
     assert float(row["mean"]) == pytest.approx(100 * np.mean([float(r["LesionDSC"]) for r in rows]), abs=1e-9)
     line = next(line for line in (sweep["out"] / "report.md").read_text(encoding="utf-8").splitlines()
                 if line.startswith("| unet2d | 0, 1 |"))
@@ -126,7 +128,7 @@ def test_coverage_missing_and_skipped(sweep):
     assert f"`{sweep['running']}`: running (not finished)" in report
     cases = read_csv(sweep["out"] / "cases.csv")
     assert {row["run"] for row in cases} == {str(path) for path in sweep["runs"].values()}
-    assert len(cases) == 4 * 6
+    assert len(cases) == 4 * (16 + 50)
 
 
 def test_plots_are_real_pngs(sweep):
@@ -160,7 +162,7 @@ def test_no_finished_run_exits_with_one_message(tmp_path, capsys):
 
 
 def test_newest_finished_run_of_an_identity_wins(tmp_path):
-    rows = [("coronacases_001", "covid19_ct_seg", [0.9] * 6)]
+    rows = fake_rows(np.random.default_rng(0), "unet2d", 0)
     old = make_run(tmp_path, "unet2d", 0, rows=rows, stamp="2026-01-01_00-00-00")
     new = make_run(tmp_path, "unet2d", 0, rows=rows, stamp="2026-01-02_00-00-00")
     collection = collect([tmp_path])

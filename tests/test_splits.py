@@ -18,8 +18,8 @@ from covlight.benchmark import (
     TWINS,
     VARIANTS,
 )
-from covlight.data.splits import Split, load_split_file, official_split, split_file_path
 from covlight.errors import ConfigError
+from covlight.splits import Split, load_split_file, official_split, split_file_path
 
 T1 = load_split_file("Task1_COVID_datasplit.json")
 T1_80 = load_split_file("Task1_COVID_82_datasplit.json")

@@ -8,8 +8,8 @@ import warnings
 
 import pytest
 
-from covlight.data.splits import COVID_CASES, MOSMED, load_split_file
 from covlight.prepare import main as prepare
+from covlight.splits import COVID_CASES, MOSMED, load_split_file
 from covlight.train import run
 from tests.helpers import official_fakes as fakes
 from tests.helpers.runs import FAST, TINY_2D, compose_config

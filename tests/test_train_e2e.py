@@ -15,8 +15,8 @@ from lightning.pytorch.loggers.logger import Logger
 
 from covlight.config import read_status
 from covlight.data.datamodule import SegmentationDataModule
-from covlight.data.splits import COVID, Split, official_split
 from covlight.errors import DatasetError
+from covlight.splits import COVID, Split, official_split
 from covlight.train import run
 from tests.helpers.runs import FAST, REPO, TINY_2D, TINY_3D, compose_config
 

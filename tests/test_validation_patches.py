@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from covlight.data.splits import COVID, Split
 
 from covlight.benchmark import COVID_CASES
 from covlight.data.datamodule import SegmentationDataModule, patch_quota
 from covlight.data.options import Validation
-from covlight.data.splits import COVID, Split
 from covlight.errors import ConfigError
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
-from covlight.errors import ConfigError
+from covlight.errors import ConfigError, disk_full
 
 LAST = "last.ckpt"
 
@@ -69,9 +69,12 @@ class LastCheckpoint(pl.Callback):
                 fsync_path(temporary)
                 os.replace(temporary, self.path)
                 fsync_path(self.dirpath)
-        except BaseException:
+        except BaseException as error:
             if trainer.is_global_zero:
                 temporary.unlink(missing_ok=True)
+            full = disk_full(error, self.path)  # a full disk: one line naming last.ckpt
+            if full is not None:
+                raise full from None
             raise
         self._saved_step = trainer.global_step
 

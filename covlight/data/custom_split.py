@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from covlight.data.canonical import read_dataset
-from covlight.data.splits import Split
 from covlight.errors import ConfigError, DatasetError
+from covlight.splits import Split
 
 Case = tuple[str, str]  # (dataset, case id)
 

@@ -39,7 +39,6 @@ from covlight.data.options import (
 )
 from covlight.data.patches import PatchStream, drawing_from, stream_seed
 from covlight.data.sampling import ForegroundSampler
-from covlight.data.splits import Split
 from covlight.data.transforms import (
     CheckCase,
     ResizeSlice,
@@ -55,6 +54,7 @@ from covlight.data.unlabelled import (
     unlabelled_batch_size,
 )
 from covlight.errors import ConfigError, DatasetError
+from covlight.splits import Split
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ import torchio as tio
 
 from covlight.benchmark import COVID, COVID_CASES, MOSMED, MOSMED_CASES
 from covlight.data.patches import PatchStream
-from covlight.data.splits import Split
 from covlight.errors import DatasetError
+from covlight.splits import Split
 
 TEST_DATASETS = {
     COVID: "every COVID-19-CT-Seg case is a test case of some task",

@@ -83,7 +83,8 @@ class CaseResults:
     def read(cls, path: Path, keys: tuple[str, ...] = RUN_KEYS) -> CaseResults:
         """A CSV of this format (or the older one): every column but the `keys` is a metric column of floats.
 
-        Raises ValueError when a key column is missing or a cell is not a number.
+        Raises ValueError when a key column is missing, a row has another number of cells than the header (a file
+        cut off mid-row) or a cell is not a number.
         """
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
@@ -92,7 +93,15 @@ class CaseResults:
             if missing:
                 raise ValueError(f"{path}: no {', '.join(missing)} column (header: {', '.join(header)})")
             columns = [name for name in header if name not in keys]
-            rows = [{**{key: row[key] for key in keys}, **{c: number(row[c]) for c in columns}} for row in reader]
+            rows = []
+            for row in reader:
+                if None in row or None in row.values():  # DictReader's marks of too many or too few cells
+                    raise ValueError(f"{path}: line {reader.line_num} has another number of cells than the header "
+                                     f"({len(header)}): the file is cut off or damaged")
+                try:
+                    rows.append({**{key: row[key] for key in keys}, **{c: number(row[c]) for c in columns}})
+                except ValueError as error:
+                    raise ValueError(f"{path}: line {reader.line_num}: {error}") from None
         return cls(columns, tuple(keys), rows)
 
 
@@ -111,9 +120,9 @@ def cell(value) -> str:
     return repr(float(value)) if isinstance(value, float) else str(value)
 
 
-def number(text: str | None) -> float:
-    """A metric cell: empty (this format), `nan` (the older one) or absent is NaN."""
-    return math.nan if text is None or text.strip() in (NAN_CELL, "nan") else float(text)
+def number(text: str) -> float:
+    """A metric cell: empty (this format) or `nan` (the older one) is NaN."""
+    return math.nan if text.strip() in (NAN_CELL, "nan") else float(text)
 
 
 def summary_table(column_stats: dict[str, dict], title: str):

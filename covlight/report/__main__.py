@@ -4,7 +4,9 @@ RUNS are run folders or any folders above them (e.g. outputs/). Writes DIR/repor
 per-fold tables beside the published nnU-Net baselines, plots), DIR/summary.csv, DIR/per_fold.csv,
 DIR/cases.csv, DIR/boxplot_dsc.png and DIR/boxplot_nsd.png. Everything is written to a temporary folder next
 to DIR and moved into place when whole (report.md last); an existing DIR/report.md is replaced only with
---force. Progress goes to stderr, a short summary table to stdout.
+--force. Progress goes to stderr, a short summary table to stdout. A finished run whose metrics.csv cannot be used
+(unreadable, cut off, a score outside 0..1, not exactly the test cases of its split) is left out, named in a
+warning and in the report, and the exit status is then 1.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from rich.progress import track
 from rich.table import Table
 
 from covlight.benchmark import STRUCTURES
-from covlight.errors import report_error
+from covlight.errors import WORK_FAILED, report_error
 from covlight.metrics.results import write_csv
 from covlight.report.collect import Collection, collect, setting_label
 from covlight.report.plots import draw_boxplots
@@ -65,16 +67,23 @@ def main(argv: list[str] | None = None) -> int:
 
     collection = collect(args.runs, progress=lambda dirs: _progress(err, dirs))
     roots = [str(path) for path in args.runs]
+    refused = [skip for skip in collection.skipped if skip.refused]
     if not collection.runs:
-        states = Counter(skip.reason.split(":")[0] for skip in collection.skipped)
-        found = ", ".join(f"{count} {reason}" for reason, count in states.items()) or "no run folder at all"
-        return report_error(PROG, f"no finished run with per-case metrics under {', '.join(roots)} ({found})")
+        states = Counter(skip.reason.split(":")[0] for skip in collection.skipped if not skip.refused)
+        found = [f"{count} {reason}" for reason, count in states.items()] + [skip.reason for skip in refused]
+        return report_error(PROG, f"no finished run with per-case metrics under {', '.join(roots)} "
+                                  f"({'; '.join(found) or 'no run folder at all'})")
+    for skip in refused:
+        err.print(f"{PROG}: warning: finished run left out of the report: {skip.reason}")
     err.print(f"finished runs: {len(collection.runs)}, skipped run folders: {len(collection.skipped)}; "
               "writing tables and plots")
     summary = aggregate(collection.runs)
     write_report(args.out, collection, summary, aggregate(collection.runs, per_fold=True), roots)
     Console().print(summary_table(summary))
     err.print(f"report: {args.out / REPORT_FILE}")
+    if refused:
+        err.print(f"{len(refused)} finished run(s) refused (listed above and in the report): exit status 1")
+        return WORK_FAILED
     return 0
 
 

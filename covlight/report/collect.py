@@ -1,7 +1,13 @@
 """Find run folders, keep the finished ones, and read their identity and per-case metrics.
 
 A run folder is one with a `status.json` (written by training: state running | failed | finished, and the
-run identity). Only finished runs count; every other folder is listed as skipped, with the reason. Of
+run identity). Only finished runs count; every other folder is listed as skipped, with the reason. A finished
+run whose results cannot be used is refused (left out of every table, listed, and the report exits 1): no or an
+unreadable `metrics.csv` (one cut off mid-row), a DSC or NSD outside [0, 1], or rows that are not exactly the
+cases its split tests (`covlight.splits`, from the task, subtask, fold, source and variant its config.yaml and
+status.json name): a file holding 9 of a fold's 16 test cases would otherwise be pooled beside the published
+baselines as if complete. A custom task's split is made from its dataset folders, which the report does not
+read: its rows are checked for range only. Of
 several finished runs of one identity (a rerun of the same fold and seed), the newest folder is used and the
 others are skipped as superseded. For tasks with folds, the folds (and seeds) a method lacks are listed as
 missing.
@@ -9,6 +15,7 @@ missing.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -17,9 +24,11 @@ from pathlib import Path
 
 import yaml
 
-from covlight.benchmark import FOLDS, METRICS_FILE, TASKS_WITH_FOLDS
+from covlight.benchmark import FOLDS, METRICS_FILE, TASKS, TASKS_WITH_FOLDS, structure_metric
 from covlight.config import STATUS_FILE, read_status
+from covlight.errors import ConfigError
 from covlight.metrics.results import CaseResults
+from covlight.splits import official_split
 
 CONFIG_FILE = "config.yaml"
 # Folds per task when a run folder has no config.yaml to say so (the official 5 folds; task2 has one split).
@@ -56,6 +65,7 @@ class Run:
 class Skipped:
     path: Path
     reason: str
+    refused: bool = False  # a finished run whose results cannot be used (the reason names the file)
 
 
 @dataclass
@@ -90,15 +100,23 @@ def read_run(path: Path) -> Run | Skipped:
     lacking = [key for key in ("task", "subtask", "name", "seed") if identity.get(key) is None]
     if lacking:
         return Skipped(path, f"{STATUS_FILE} identity lacks {', '.join(lacking)}")
-    if not (path / METRICS_FILE).is_file():
-        return Skipped(path, f"finished but no {METRICS_FILE}")
+    metrics = path / METRICS_FILE
+    if not metrics.is_file():
+        return Skipped(path, f"finished but no {METRICS_FILE}", refused=True)
     try:
-        cases = CaseResults.read(path / METRICS_FILE).rows
+        results = CaseResults.read(metrics)
     except (OSError, ValueError) as error:
-        return Skipped(path, f"unreadable {METRICS_FILE}: {error}")
+        message = str(error)
+        return Skipped(path, f"unreadable {METRICS_FILE}: {message if str(metrics) in message else f'{metrics}: {message}'}",
+                       refused=True)
+    cases = results.rows
     if not cases:
-        return Skipped(path, f"{METRICS_FILE} has no case rows")
-    task_config = read_task_config(path)
+        return Skipped(path, f"{METRICS_FILE} has no case rows: {metrics}", refused=True)
+    config = read_config(path)
+    task_config = config.get("task") if isinstance(config.get("task"), dict) else {}
+    problem = out_of_range(results) or not_its_test_cases(cases, identity, task_config, config.get("data"))
+    if problem:
+        return Skipped(path, f"{metrics}: {problem}", refused=True)
     fold = identity.get("fold")
     num_folds = None
     if task_config.get("has_folds", identity["task"] in DEFAULT_NUM_FOLDS):
@@ -118,14 +136,85 @@ def read_run(path: Path) -> Run | Skipped:
     )
 
 
-def read_task_config(path: Path) -> dict:
-    """The `task` block of the run's config.yaml ({} when absent or unreadable): split variant and folds."""
+def read_config(path: Path) -> dict:
+    """The run's config.yaml ({} when absent or unreadable)."""
     try:
         config = yaml.safe_load((path / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         return {}
-    task = config.get("task") if isinstance(config, dict) else None
-    return task if isinstance(task, dict) else {}
+    return config if isinstance(config, dict) else {}
+
+
+def out_of_range(results: CaseResults) -> str | None:
+    """Why the scores cannot be a DSC or NSD (a fraction in [0, 1], or empty for NaN), or None when they can."""
+    for column in results.columns:
+        try:
+            metric = structure_metric(column)[1]
+        except KeyError:
+            continue
+        low, high = (0.0, 1.0) if metric in ("dsc", "nsd") else (0.0, float("inf"))
+        for row in results.rows:
+            value = row[column]
+            if not math.isnan(value) and not low <= value <= high:
+                allowed = "0..1" if high == 1.0 else "0 or more"
+                return (f"{column} of {row['Name']} is {value!r}, outside {allowed}: not a score covlight writes. "
+                        "The file was edited or damaged: test the run again, or remove the run folder")
+    return None
+
+
+def expected_test_cases(identity: dict, task_config: dict, data_config) -> tuple[dict[str, list[str]], set[str]] | None:
+    """(dataset -> the case ids the run's split tests, the test sets that may be absent) for a benchmark task, as
+    training scored them (`data.cases`: in-domain held-out lists included unless test_in_domain is false; an
+    optional test set, MosMed by default, absent when not imported); None for a custom task."""
+    task = str(identity["task"])
+    if task not in TASKS:
+        return None
+    variant = task_config.get("variant") or identity.get("variant") or "official"
+    split = official_split(task, str(identity["subtask"]), identity.get("fold"), identity.get("source"), str(variant))
+    cases = data_config.get("cases") if isinstance(data_config, dict) else None
+    cases = cases if isinstance(cases, dict) else {}
+    lists = dict(split.test)
+    if cases.get("test_in_domain", True):
+        lists = {**split.val, **lists}
+    return lists, set(cases.get("optional_test_sets", ["mosmed"]))
+
+
+def not_its_test_cases(rows: list[dict], identity: dict, task_config: dict, data_config) -> str | None:
+    """Why the rows are not exactly the cases the run's split tests, or None when they are (or cannot be known)."""
+    try:
+        expected = expected_test_cases(identity, task_config, data_config)
+    except ConfigError as error:
+        return f"its identity names no split of the benchmark ({error})"
+    if expected is None:
+        return None
+    lists, optional = expected
+    found: dict[str, list[str]] = defaultdict(list)
+    for row in rows:
+        found[row["dataset"]].append(row["Name"])
+    label = f"{identity['task']} fold {identity.get('fold')}" if identity.get("fold") is not None else identity["task"]
+    fix = ("Test the run again (test_only=true ckpt_path=<its checkpoints/last.ckpt>), or remove the run folder; "
+           "a run that skipped cases (data.cases.missing=skip) is not comparable to the published baselines")
+    for dataset, ids in found.items():
+        if dataset not in lists:
+            return f"holds test set {dataset!r}, which {label} does not test. {fix}"
+        repeated = sorted({c for c in ids if ids.count(c) > 1})
+        extra = [c for c in ids if c not in lists[dataset]]
+        problems = [f"case(s) {_few(repeated)} more than once"] if repeated else []
+        problems += [f"case(s) {_few(extra)} not in the test cases of {label}"] if extra else []
+        if problems:
+            return f"{dataset}: {'; '.join(problems)}. {fix}"
+    for dataset, ids in lists.items():
+        if dataset not in found and dataset in optional:
+            continue
+        missing = [c for c in ids if c not in found.get(dataset, [])]
+        if missing:
+            return (f"{len(ids) - len(missing)} of the {len(ids)} {dataset} test cases of {label} (missing "
+                    f"{_few(missing)}): an incomplete run, not pooled. {fix}")
+    return None
+
+
+def _few(ids: list[str], count: int = 5) -> str:
+    return ", ".join(ids[:count]) + (f" ... (+{len(ids) - count})" if len(ids) > count else "")
 
 
 def collect(paths: Iterable[Path], progress: Callable[[list], Iterable] = iter) -> Collection:

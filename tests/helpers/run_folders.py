@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 
+from covlight.splits import COVID, MOSMED, official_split
+
 COLUMNS = ["L-lungDSC", "L-lung-1mm", "R-lungDSC", "R-lung-1mm", "LesionDSC", "LesionNSD-3mm"]
 NAMES, FOLDS = ("unet2d", "unet3d"), (0, 1)
 NAN_CASE = ("unet2d", 1, "coronacases_006")  # its lesion DSC and NSD are NaN (empty truth and prediction)
@@ -27,14 +29,15 @@ def make_run(root, name, fold, state="finished", rows=None, stamp="2026-01-01_00
 
 
 def fake_rows(rng, name, fold):
-    """4 COVID cases with every structure, 2 MosMed cases with infection only (lung columns NaN)."""
+    """Every test case of task1 fold `fold` (lung_infection), as its split lists them: the fold's 16 COVID cases
+    with every structure, the 50 MosMed cases with infection only (lung columns NaN)."""
+    test = official_split("task1", "lung_infection", fold).test
     rows = []
-    for i in range(4):
-        case = f"coronacases_{i + 1 + 4 * fold:03d}"
+    for case in test[COVID]:
         values = [*rng.uniform(0.8, 1.0, 4), *rng.uniform(0.2, 0.9, 2)]
         if (name, fold, case) == NAN_CASE:
             values[4:] = [math.nan, math.nan]
-        rows.append((case, "covid19_ct_seg", values))
-    for i in range(2):
-        rows.append((f"study_{i + 2 * fold:04d}", "mosmed", [math.nan] * 4 + list(rng.uniform(0.1, 0.8, 2))))
+        rows.append((case, COVID, values))
+    for case in test[MOSMED]:
+        rows.append((case, MOSMED, [math.nan] * 4 + list(rng.uniform(0.1, 0.8, 2))))
     return rows

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import stat
 import tarfile
 import tempfile
 import zipfile
@@ -134,6 +135,11 @@ class SourceTree:
             )
         return "/".join(part for part in parts if part not in ("", "."))
 
+    def _refused(self, member: str, kind: str) -> DatasetError:
+        return DatasetError(f"{self.path}: archive member {member!r} is a {kind}: refused (it could point outside the "
+                            "extraction folder). The archive was not extracted; extract it yourself and pass the "
+                            "folder, or download it again.")
+
     def _corrupt(self, error: Exception) -> DatasetError:
         return DatasetError(f"{self.path} cannot be read as a {self.kind} archive ({error}). The download is "
                             "incomplete or corrupt: download it again (or extract it and pass the folder).")
@@ -147,6 +153,11 @@ class SourceTree:
         sizes = {}
         for info in infos:
             name = self._safe(info.filename)
+            mode = info.external_attr >> 16  # the Unix file type and mode, when the zip was made on Unix
+            if stat.S_ISLNK(mode):
+                raise self._refused(info.filename, "link")
+            if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
+                raise self._refused(info.filename, "special file")
             if not info.is_dir() and name and not _skipped(name):
                 sizes[name] = info.file_size
                 self._zip_names[name] = info.filename
@@ -161,11 +172,8 @@ class SourceTree:
                     if member.isdir() or not name or _skipped(name):
                         continue
                     if not member.isfile():
-                        raise DatasetError(
-                            f"{self.path}: archive member {member.name!r} is a link or a special file, which could "
-                            "point outside the extraction folder. The archive was not extracted; extract it yourself "
-                            "and pass the folder, or download it again."
-                        )
+                        raise self._refused(member.name, "link" if member.issym() or member.islnk() else
+                                            "special file")
                     sizes[name] = member.size
         except READ_ERRORS as error:
             raise self._corrupt(error) from None

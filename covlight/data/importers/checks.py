@@ -33,6 +33,14 @@ def recognise_kind(volume: Volume) -> str:
 def to_0_255(volume: Volume, kind: str) -> np.ndarray:
     """The stored image (float32, 0..255) from a source image of the given kind, checking the kind first."""
     array = volume.array
+    if array.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise DatasetError(
+                f"{volume.name}: {bad} NaN or infinite voxel{'s' if bad > 1 else ''} (of {array.size}); covlight "
+                "stores none, and training would stop on them. Repair the scan (e.g. set them to the air value, "
+                "-1000 HU) and import it again."
+            )
     if kind == "hu":
         share = float(np.mean((array >= AIR_HU[0]) & (array <= AIR_HU[1])))
         if share < MIN_AIR_SHARE:

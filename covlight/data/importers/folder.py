@@ -91,7 +91,15 @@ def _pattern(text: str) -> re.Pattern:
 
 
 def _find(tree: SourceTree, text: str) -> dict[str, str]:
-    found = {strip_suffix(m["case"]) or m["case"]: path for m, path in tree.match(_pattern(text))}
+    """case id -> relative path of the files `text` matches; two files of one case (c1.nii and c1.nii.gz) stop."""
+    found: dict[str, str] = {}
+    for match, path in tree.match(_pattern(text)):
+        case_id = strip_suffix(match["case"]) or match["case"]
+        if case_id in found:
+            raise DatasetError(f"{tree.ref(found[case_id]).display} and {tree.ref(path).display} are both case "
+                               f"{case_id!r} (matching {text!r}), and covlight cannot tell which one is meant: keep "
+                               "one of them in --src.")
+        found[case_id] = path
     if not found:
         raise DatasetError(f"{tree.path}: no file matches {text!r}. Patterns are relative to --src, with one * "
                            "standing for the case id (e.g. --images 'ct/*.png').")
@@ -116,6 +124,12 @@ def plans(args, staging) -> list[DatasetPlan]:
     single_slices = slices == {True}
     if args.spacing and not single_slices:
         raise DatasetError("--spacing is for 2D slices only: volumes carry their spacing in the file header.")
+    for found in labels:
+        orphans = [found[case_id] for case_id in sorted(found) if case_id not in images]
+        if orphans:
+            raise DatasetError(f"{_few([tree.ref(path).display for path in orphans])}: label file(s) with no image "
+                               f"matching {args.images!r}. Add the image(s), or remove the label file(s): an "
+                               "unpaired mask is never dropped silently.")
     cases = []
     for case_id, path in sorted(images.items()):
         lacking = [p for p, found in zip(label_patterns, labels, strict=True) if case_id not in found]
@@ -141,6 +155,10 @@ def plans(args, staging) -> list[DatasetPlan]:
                "intensity": args.intensity, "split_lungs": args.split_lungs, "cip_regions": args.cip_regions,
                "spacing": args.spacing}
     return [DatasetPlan(args.name, cases, annotated, meta, options)]
+
+
+def _few(names: list[str], count: int = 5) -> str:
+    return ", ".join(names[:count]) + (f" ... (+{len(names) - count} more)" if len(names) > count else "")
 
 
 def _builder(args, maps: list[LabelMap]):

@@ -32,8 +32,8 @@ from covlight.data.importers.cases import finish_case
 from covlight.data.importers.checks import LabelMap, integer_values, world_x
 from covlight.data.importers.runner import CaseSpec, DatasetPlan
 from covlight.data.importers.volumes import Volume, canonical, read_dicom_series, read_volume
-from covlight.data.splits import load_split_file
 from covlight.errors import DatasetError
+from covlight.splits import load_split_file
 
 NAME = "nsclc"
 HELP = "NSCLC-Radiomics CT + PleThora masks -> nsclc_lung (thoracic cavities), nsclc_effusion"

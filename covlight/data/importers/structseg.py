@@ -19,8 +19,8 @@ from covlight.data.importers.cases import finish_case
 from covlight.data.importers.checks import LabelMap, integer_values
 from covlight.data.importers.runner import CaseSpec, DatasetPlan
 from covlight.data.importers.volumes import Volume, read_volume, same_grid
-from covlight.data.splits import load_split_file
 from covlight.errors import DatasetError
+from covlight.splits import load_split_file
 
 NAME = "structseg"
 HELP = "StructSeg 2019: Thoracic_OAR -> structseg_lung, Lung_GTV -> structseg_gtv"

@@ -14,7 +14,10 @@ each `{"train": [...], "val": [...]}` (Task3 files add `"test"`), case ids as fi
   task1 fold k's 16 for test. This composition reproduces the Task3 files exactly (tests check it); the
   composition is used so the variants below and the MSD lung masks (no split file) follow the same rule.
 
-MosMed (infection test set of every task) has no split file: the data layer adds it as a test set.
+MosMed (infection test set of every task) has no split file: every model of infection is tested on all its cases.
+
+This module lives at the bottom layer (it imports only `covlight.benchmark`): the data module trains and tests on
+these lists, and the report checks each run's per-case rows against the same lists.
 """
 
 from __future__ import annotations
