@@ -10,6 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+import covlight
 from covlight.config import conf_dir
 from covlight.errors import ConfigError, CovlightError, report_error
 from covlight.sweep import record_job_error
@@ -68,6 +69,11 @@ def objective(cfg: DictConfig, result: dict) -> float | None:
 
 
 def main() -> None:
+    """The `covlight` console script and `python -m covlight`. `--version` is covlight's (Hydra's own flag would
+    print Hydra's version)."""
+    if "--version" in sys.argv[1:]:
+        print(f"covlight {covlight.__version__}")
+        return
     _hydra_entry()
 
 
