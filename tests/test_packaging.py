@@ -101,4 +101,6 @@ def test_wheel_installed_in_a_fresh_environment_runs_from_an_empty_folder(tmp_pa
     completions = shell('eval "$(covlight --shell-completion install=bash)"; COMP_LINE="covlight experiment="; '
                         'COMP_POINT=${#COMP_LINE}; COMP_CWORD=1; hydra_bash_completion; printf "%s\\n" "${COMPREPLY[@]}"')
     assert "experiment=demo" in completions.split()  # the README's way: eval "$(covlight -sc install=bash)"
+    # hparams_search=optuna with a database storage: the pins give optuna 2.x a SQLAlchemy it works with
+    run("-c", f"import optuna; optuna.create_study(storage='sqlite:///{tmp_path / 'study.db'}')")
     assert list(empty.iterdir()) == [], "a --cfg job run must leave nothing behind"
