@@ -1,3 +1,8 @@
 """covlight: annotation-efficient segmentation of COVID-19 chest CT (Lightning + Hydra)."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("covlight")  # pyproject.toml's version, as installed
+except PackageNotFoundError:  # imported from a checkout that was never installed (pip install -e .)
+    __version__ = "unknown (not installed)"

@@ -11,6 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+import covlight
 from covlight.cluster import worker_argv
 from covlight.config import conf_dir
 from covlight.errors import ConfigError, CovlightError, report_error
@@ -70,6 +71,11 @@ def objective(cfg: DictConfig, result: dict) -> float | None:
 
 
 def main() -> None:
+    """The `covlight` console script and `python -m covlight`. `--version` is covlight's (Hydra's own flag would
+    print Hydra's version)."""
+    if "--version" in sys.argv[1:]:
+        print(f"covlight {covlight.__version__}")
+        return
     worker = worker_argv(sys.argv[1:])
     if worker is not None:  # a DDP worker Lightning started: rank 0's job, in rank 0's folder, recorded by rank 0
         sys.argv[1:] = worker

@@ -51,7 +51,8 @@ class ExperimentsConfigSource(ConfigSource):
     Why a config source of our own: a Hydra search path entry is a config root whose sub-folders are groups, so
     the top-level `experiments/` folder (where the user's design keeps recipes) could only become the
     `experiment` group by moving it to `conf/experiment/` or by a root holding a link named `experiment`, which a
-    wheel cannot ship. This class maps `experiment/<name>` to `experiments/<name>.yaml`, nothing more.
+    wheel cannot ship. This class maps `experiment/<name>` to `experiments/<name>.yaml`, nothing more; the search
+    path plugin in hydra_plugins/covlight_experiments.py adds it to covlight's config tree.
     """
 
     GROUP = "experiment"

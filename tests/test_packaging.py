@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 import zipfile
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.runs import REPO
 
-# What a build reads: the packaging files, the package, and the two folders it ships inside the package.
-BUILD_INPUTS = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "LICENSE", "covlight", "conf", "experiments")
+# What a build reads: the packaging files, the packages, and the two folders it ships inside covlight.
+BUILD_INPUTS = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "LICENSE", "covlight", "hydra_plugins",
+                "conf", "experiments")
 
 
 def build_wheel(out: Path) -> Path:
@@ -47,6 +50,7 @@ def test_wheel_holds_every_config_file(tmp_path):
     assert any(name.endswith("conf/config.yaml") for name in expected)
     assert expected <= names, f"missing from the wheel: {sorted(expected - names)}"
     assert "covlight/py.typed" in names
+    assert "hydra_plugins/covlight_optuna.py" in names  # the sweeper of hparams_search=optuna
     assert any(name.startswith("covlight/resources/splits/") for name in names)
     assert any(name.endswith("/licenses/LICENSE") for name in names)
 
@@ -68,20 +72,35 @@ def test_wheel_installed_in_a_fresh_environment_runs_from_an_empty_folder(tmp_pa
     (recipes / "experiment" / "my_recipe.yaml").write_text(
         "# @package _global_\nname: my_recipe\nseed: 7\n", encoding="utf-8")
 
+    # the installed package only: no PYTHONPATH pointing at a checkout; the venv's console scripts first on PATH
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+           "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+
     def run(*args: str) -> str:
-        done = subprocess.run([str(python), *args], cwd=empty, capture_output=True, text=True, encoding="utf-8")
+        done = subprocess.run([str(python), *args], cwd=empty, env=env, capture_output=True, encoding="utf-8")
         assert done.returncode == 0, f"{args}: {done.stderr[-3000:]}"
+        return done.stdout
+
+    def shell(script: str) -> str:
+        done = subprocess.run(["bash", "-c", script], cwd=empty, env=env, capture_output=True, encoding="utf-8")
+        assert done.returncode == 0, f"{script}: {done.stderr[-3000:]}"
         return done.stdout
 
     location = run("-c", "import covlight; print(covlight.__file__)")
     assert Path(location.strip()).is_relative_to(venv), location
     assert "name: ${model.name}" in run("-m", "covlight", "--cfg", "job")
-    console_script = str(venv / "bin" / "covlight")
-    done = subprocess.run([console_script, "experiment=demo", "--cfg", "job"], cwd=empty, capture_output=True,
-                          text=True, encoding="utf-8")
-    assert done.returncode == 0 and "name: demo" in done.stdout, done.stderr[-3000:]
+    assert shell("command -v covlight").strip() == str(venv / "bin" / "covlight")
+    assert "name: demo" in shell("covlight experiment=demo --cfg job")
     job = run("-m", "covlight", "task=task3", "source=structseg", "subtask=infection", "--cfg", "job")
     assert "name: task3" in job and "name: structseg" in job and "name: infection" in job
     assert "--input" in run("-m", "covlight.predict", "--help")
     assert "seed: 7" in run("-m", "covlight", "--config-dir", str(recipes), "experiment=my_recipe", "--cfg", "job")
+    assert run("-m", "covlight", "--version") == shell("covlight --version") == f"covlight {version('covlight')}\n"
+    help_text = shell("covlight --help")
+    assert help_text.startswith("covlight: ") and "\nexperiment: demo, " in help_text
+    completions = shell('eval "$(covlight --shell-completion install=bash)"; COMP_LINE="covlight experiment="; '
+                        'COMP_POINT=${#COMP_LINE}; COMP_CWORD=1; hydra_bash_completion; printf "%s\\n" "${COMPREPLY[@]}"')
+    assert "experiment=demo" in completions.split()  # the README's way: eval "$(covlight -sc install=bash)"
+    # hparams_search=optuna with a database storage: the pins give optuna 2.x a SQLAlchemy it works with
+    run("-c", f"import optuna; optuna.create_study(storage='sqlite:///{tmp_path / 'study.db'}')")
     assert list(empty.iterdir()) == [], "a --cfg job run must leave nothing behind"

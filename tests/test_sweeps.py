@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -14,11 +16,14 @@ from covlight.config import read_status
 from tests.helpers.runs import FAST, REPO, TINY_2D, TINY_3D
 
 
+def cli_command(args, tmp_path, fast=FAST):
+    return [sys.executable, "-m", "covlight", *args, *TINY_2D, *fast, "logger=none", f"paths.output_root={tmp_path}"]
+
+
 def run_cli(args, root, tmp_path, fast=FAST):
     env = {**os.environ, "COVLIGHT_DATA": str(root)}
-    command = [sys.executable, "-m", "covlight", *args, *TINY_2D, *fast, "logger=none",
-               f"paths.output_root={tmp_path}"]
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
+    return subprocess.run(cli_command(args, tmp_path, fast), cwd=REPO, env=env, capture_output=True, encoding="utf-8",
+                          errors="replace", timeout=600)
 
 
 @pytest.mark.slow
@@ -34,6 +39,50 @@ def test_optuna_search_optimises_an_inner_validation_score(phantom_root, tmp_pat
     assert not (tmp_path / "task1").exists()  # trials live in their search's folder only
     config = yaml.safe_load((trials[0] / "config.yaml").read_text())
     assert config["data"]["validation"]["inner_cases"] == 1 and config["optimized_metric"] == "val/pseudo_dice"
+
+
+@pytest.mark.slow
+def test_optuna_study_in_a_database_continues_after_a_kill(phantom_root, tmp_path):
+    """A 2-trial study killed during its second trial and started again with the same command: the study ends
+    with 2 finished trials, the first one's training is not run again, and the new trial draws new parameters."""
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    args = ["hparams_search=optuna", "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage={storage}"]
+
+    def trial_folders():
+        return sorted((tmp_path / "hparams_search").glob("*/task1/lung/unet2d/fold0-seed0/*"),
+                      key=lambda folder: folder.name)  # the runs' timestamps
+
+    def second_trial_running():  # the first trial has then been told to the study
+        folders = trial_folders()
+        return len(folders) == 2 and read_status(folders[1]).get("state") == "running"
+
+    env = {**os.environ, "COVLIGHT_DATA": str(phantom_root)}
+    process = subprocess.Popen(cli_command(args, tmp_path), cwd=REPO, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not second_trial_running():
+        assert process.poll() is None and time.monotonic() < deadline, "the study ended before its second trial"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    first, killed = trial_folders()
+    assert read_status(first)["state"] == "finished" and read_status(killed)["state"] == "running"
+    first_files = {path: path.stat().st_mtime_ns for path in first.rglob("*")}
+
+    result = run_cli(args, phantom_root, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "1 of 2 trials finished, 1 to run" in result.stdout + result.stderr
+    study = optuna.load_study(study_name="task1-lung-unet2d", storage=storage)
+    complete = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
+    assert [trial.number for trial in complete] == [0, 2]  # trial 1 was killed; it stays RUNNING in the study
+    assert complete[0].params != complete[1].params
+    folders = trial_folders()
+    assert folders[:2] == [first, killed] and len(folders) == 3 and read_status(folders[2])["state"] == "finished"
+    assert {path: path.stat().st_mtime_ns for path in first.rglob("*")} == first_files
+    best = yaml.safe_load((folders[2].parents[4] / "optimization_results.yaml").read_text())
+    assert best["best_value"] == max(trial.value for trial in complete)
 
 
 def test_objective_refuses_a_test_metric(phantom_root, tmp_path):
