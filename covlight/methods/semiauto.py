@@ -164,7 +164,7 @@ def crop_markers(markers: np.ndarray, crop: tuple[slice, ...]) -> np.ndarray:
     return inner
 
 
-def random_walker_classes(image: np.ndarray, markers: np.ndarray, affine: np.ndarray, beta: float = 130.0,
+def random_walker_classes(image: np.ndarray, markers: np.ndarray, affine: np.ndarray, beta: float = 20000.0,
                           margin_mm: float | None = 20.0, tol: float = 1e-3) -> np.ndarray:
     """Class indices by scikit-image's random walker (3D, the voxel spacing as anisotropy) from `markers`
     (UNSEEDED or a class index), inside `seed_crop`; `image` in 0..1."""
@@ -181,27 +181,28 @@ def random_walker_classes(image: np.ndarray, markers: np.ndarray, affine: np.nda
     return classes
 
 
-def active_contour_classes(image: np.ndarray, markers: np.ndarray, affine: np.ndarray, iterations: int = 100,
-                           balloon: float = 1.0, smoothing: int = 1, sigma: float = 1.5,
-                           margin_mm: float | None = 20.0) -> np.ndarray:
-    """Class indices by scikit-image's morphological geodesic active contour, one structure at a time: started
-    from the structure's seeds, inflated (balloon) until the image's edges stop it, never over another class's
-    seeds; inside `seed_crop`. A voxel two structures reach takes the later one."""
-    from skimage.segmentation import inverse_gaussian_gradient, morphological_geodesic_active_contour
+def active_contour_classes(image: np.ndarray, markers: np.ndarray, affine: np.ndarray, iterations: int = 30,
+                           smoothing: int = 1, margin_mm: float | None = 20.0) -> np.ndarray:
+    """Class indices by scikit-image's morphological Chan-Vese active contour, one structure at a time: started
+    from the structure's seeds inside `seed_crop`, the region that follows keeps the pieces that touch the
+    structure's seeds and never covers another class's seeds. A voxel two structures reach takes the later one."""
+    from skimage.segmentation import morphological_chan_vese
 
     crop = seed_crop(markers, affine, margin_mm)
     inner = markers[crop]
-    edges = inverse_gaussian_gradient(image[crop].astype(np.float64), sigma=sigma)
+    region = image[crop].astype(np.float64)
     classes = np.zeros(markers.shape, dtype=np.int64)
     found = np.zeros(inner.shape, dtype=np.int64)
     for index in range(1, int(inner.max()) + 1):
         start = inner == index
         if not start.any():
             continue
-        grown = morphological_geodesic_active_contour(edges, iterations, init_level_set=start.astype(np.int8),
-                                                      smoothing=smoothing, balloon=balloon).astype(bool)
-        grown &= (inner == UNSEEDED) | (inner == index)
-        found[grown | start] = index
+        grown = morphological_chan_vese(region, iterations, init_level_set=start.astype(np.int8),
+                                        smoothing=smoothing).astype(bool)
+        grown &= (inner == UNSEEDED) | start
+        pieces, _ = ndimage.label(grown | start)
+        touching = np.unique(pieces[start])
+        found[np.isin(pieces, touching[touching > 0])] = index
     classes[crop] = found
     return classes
 
@@ -224,7 +225,7 @@ class SeededSegmentation(UntrainedSegmentation):
 class RandomWalkerSegmentation(SeededSegmentation):
     """`random_walker_classes` from the seeds."""
 
-    def __init__(self, label_values, subtask: str, beta: float = 130.0, margin_mm: float | None = 20.0,
+    def __init__(self, label_values, subtask: str, beta: float = 20000.0, margin_mm: float | None = 20.0,
                  tol: float = 1e-3):
         super().__init__(label_values, subtask)
         self.beta, self.margin_mm, self.tol = float(beta), margin_mm, float(tol)
@@ -236,13 +237,11 @@ class RandomWalkerSegmentation(SeededSegmentation):
 class ActiveContourSegmentation(SeededSegmentation):
     """`active_contour_classes` from the seeds."""
 
-    def __init__(self, label_values, subtask: str, iterations: int = 100, balloon: float = 1.0, smoothing: int = 1,
-                 sigma: float = 1.5, margin_mm: float | None = 20.0):
+    def __init__(self, label_values, subtask: str, iterations: int = 30, smoothing: int = 1,
+                 margin_mm: float | None = 20.0):
         super().__init__(label_values, subtask)
-        self.iterations, self.balloon, self.smoothing = int(iterations), float(balloon), int(smoothing)
-        self.sigma, self.margin_mm = float(sigma), margin_mm
+        self.iterations, self.smoothing, self.margin_mm = int(iterations), int(smoothing), margin_mm
 
     def from_seeds(self, image, markers, affine):
-        return active_contour_classes(image, markers, affine, self.iterations, self.balloon, self.smoothing,
-                                      self.sigma, self.margin_mm)
+        return active_contour_classes(image, markers, affine, self.iterations, self.smoothing, self.margin_mm)
 
