@@ -199,6 +199,7 @@ def test_a_network_test_batch_holds_no_truth(phantom_root):
     assert "seeds" in next(iter(seeded.test_dataloader()))
 
 
+@pytest.mark.slow
 def test_a_network_run_never_sees_the_label(phantom_root, tmp_path, monkeypatch):
     """A whole 2D run: every test batch its test step gets is free of the truth."""
     from covlight.methods.supervised import SupervisedSegmentation
