@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
@@ -69,8 +69,9 @@ def load_initial_weights(module: pl.LightningModule, source: str) -> None:
 
 
 def instantiate_data(config: DictConfig):
-    """The data module; an error of the split it builds (a custom task's split file, folds, grouping rule) is
-    raised as itself, not inside Hydra's InstantiationException, so the user sees one clear message."""
+    """The data module (or the method's module); an error of the split it builds (a custom task's split file,
+    folds, grouping rule) or of the method's settings is raised as itself, not inside Hydra's
+    InstantiationException, so the user sees one clear message."""
     try:
         return instantiate(config)
     except InstantiationException as error:
@@ -114,6 +115,7 @@ def run(cfg: DictConfig) -> dict:
     job = job_tasks()
     export_distributed_env(job)
     check_combination(cfg)
+    check_method(cfg)
     check_launch(cfg, job, _hydra_value("launcher._target_"))
     chosen = Path(cfg.paths.output_dir)
     # a requeued cluster job finds its folder by its id (covlight.config.run_dir) and continues it
@@ -191,7 +193,8 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, resuming: bool) -> dict:
             cfg.logger.wandb.id = wandb_run_id(run_dir)
             cfg.logger.wandb.resume = "allow"
     datamodule = instantiate_data(cfg.data)
-    module = instantiate(cfg.model.module)
+    module = instantiate_data(cfg.model.module)
+    trains = getattr(module, "trains", True)  # methods without a network (covlight/methods/semiauto.py) do not
     if cfg.init_from:
         load_initial_weights(module, cfg.init_from)
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
@@ -203,12 +206,12 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, resuming: bool) -> dict:
     config = flatten({k: v for k, v in resolved_container(cfg).items() if k != "hydra"})
     for logger in trainer.loggers:
         logger.log_hyperparams(config)
-    if not cfg.test_only:
+    if trains and not cfg.test_only:
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint_to_resume(cfg, run_dir, last, resuming),
                     weights_only=True)
     validation = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
     test_checkpoint = None
-    if not cfg.test_only and not trainer.fast_dev_run:
+    if trains and not cfg.test_only and not trainer.fast_dev_run:
         test_checkpoint = last and str(last)  # the last checkpoint, never one chosen on test cases
     elif cfg.test_only and cfg.ckpt_path:
         test_checkpoint = str(given_checkpoint(cfg))
@@ -216,6 +219,30 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, resuming: bool) -> dict:
     scoring = next(c for c in callbacks if isinstance(c, CaseScoring))
     rank_zero_only(print_summary)(scoring.summary, run_dir)
     return {"test": scoring.summary, "validation": validation}
+
+
+def check_method(cfg: DictConfig) -> None:
+    """Before the run folder is claimed: a method without a network gets none, is asked only for the subtasks it
+    can do, and seeds (the test case's own truth) go to semi-automatic methods alone, which need them."""
+    target = cfg.model.module.get("_target_")
+    try:
+        method = get_class(target)
+    except Exception:  # an unknown class is reported by instantiate, with Hydra's message
+        return
+    name = method.__name__
+    if not getattr(method, "trains", True) and "net" in cfg.model.module:
+        raise ConfigError(f"{name} has no network: drop the model=... override (its method chooses model=none)")
+    subtasks = getattr(method, "subtasks", None)
+    if subtasks is not None and cfg.subtask.name not in subtasks:
+        raise ConfigError(f"{name} segments subtask {' or '.join(subtasks)} only, not {cfg.subtask.name}: set "
+                          f"subtask={subtasks[0]}, or choose another method")
+    interactive = getattr(method, "interactive", False)
+    if cfg.data.get("interaction") is not None and not interactive:
+        raise ConfigError(f"data.interaction is set, but {name} is not a semi-automatic method: the seeds are the "
+                          "test case's own truth. Drop data.interaction")
+    if interactive and cfg.data.get("interaction") is None:
+        raise ConfigError(f"{name} starts from seeds: set data.interaction (its method config does; a later "
+                          "override removed it)")
 
 
 def print_summary(summary: dict, run_dir: Path) -> None:

@@ -33,7 +33,9 @@ from covlight.nets import UNet
 from tests.helpers.runs import REPO, compose_config
 
 MODELS = ("unet2d", "unet3d")
-METHODS = tuple(sorted(path.stem for path in (conf_dir() / "method").glob("*.yaml")))
+# Methods that learn with a network; those choosing model=none (no network) are tested in test_semiauto.py.
+METHODS = tuple(sorted(path.stem for path in (conf_dir() / "method").glob("*.yaml")
+                       if "override /model: none" not in path.read_text(encoding="utf-8")))
 
 
 def valid_combinations():

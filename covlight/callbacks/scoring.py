@@ -2,6 +2,11 @@
 
 Rows of all ranks are gathered before anything is averaged or written (covlight.metrics.results), so under DDP
 every case counts once. `metrics.csv` is written whole (temporary name, then rename) and only by rank 0.
+
+A semi-automatic method's test batches hold the case's seeds (covlight.data.interaction). Its seed slices are then
+left out of `metrics.csv` (the benchmark's columns, what the report shows): both the prediction and the truth lose
+those axial slices before scoring. `metrics_with_seed_slices.csv` scores the whole volume, and `annotation.json`
+records each case's effort (seed slices, strokes).
 """
 
 from __future__ import annotations
@@ -15,12 +20,16 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
+from covlight.atomic import write_json
 from covlight.benchmark import LABELS, METRICS_FILE, columns, structure_metric
 from covlight.callbacks.overlays import save_overlay
 from covlight.data.canonical import read_nifti, save_nifti
 from covlight.errors import ConfigError, DatasetError
 from covlight.metrics import score_case
 from covlight.metrics.results import CaseResults
+
+SEEDED_METRICS_FILE = "metrics_with_seed_slices.csv"  # a semi-automatic run's scores on the whole volume
+ANNOTATION_FILE = "annotation.json"  # a semi-automatic run's annotation effort per case
 
 
 def load_truth(label_path: str, device: torch.device) -> tuple[torch.Tensor, tuple[float, ...]]:
@@ -34,15 +43,21 @@ def load_truth(label_path: str, device: torch.device) -> tuple[torch.Tensor, tup
     return truth, tuple(float(s) for s in label_file.header.get_zooms()[:3])
 
 
-def score_against_truth(prediction: torch.Tensor, label_path: str, structures, annotated) -> dict[str, float]:
+def score_against_truth(prediction: torch.Tensor, label_path: str, structures, annotated,
+                        without_slices=()) -> dict[str, float]:
     """Score a prediction on its original grid against the case's ground truth, for the structures the
-    ground truth annotates; the other columns are NaN."""
+    ground truth annotates; the other columns are NaN. `without_slices`: axial (z) slices removed from both
+    before scoring (a semi-automatic method's seed slices)."""
     truth, spacing = load_truth(label_path, prediction.device)
     if tuple(truth.shape) != tuple(prediction.shape):
         raise RuntimeError(
             f"{label_path}: shape {tuple(truth.shape)} differs from the prediction's {tuple(prediction.shape)}; "
             "the case's geometry changed since the dataset was imported."
         )
+    if without_slices:
+        kept = torch.tensor([z for z in range(truth.shape[2]) if z not in set(without_slices)], dtype=torch.long,
+                            device=truth.device)
+        truth, prediction = truth[:, :, kept], prediction[:, :, kept]
     scores = {c: math.nan for c in columns(structures)}
     scores.update(score_case(prediction, truth, spacing, structures=[s for s in structures if s in annotated]))
     return scores
@@ -59,22 +74,32 @@ class CaseScoring(pl.Callback):
         self.save_predictions = save_predictions
         self.overlay_cases = overlay_cases
         self.results = CaseResults(columns(self.structures))
+        self.with_seed_slices = CaseResults(columns(self.structures))
+        self.effort: dict[str, dict] = {}
         self.overlays: list[Path] = []
         self.summary: dict = {}
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.results, self.overlays = CaseResults(columns(self.structures)), []
+        self.with_seed_slices, self.effort = CaseResults(columns(self.structures)), {}
         path = self.output_dir / METRICS_FILE
         if path.exists():
             raise ConfigError(f"{path} exists: a finished test is never overwritten; start a new run.")
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         prediction = outputs["prediction"]
-        row = {"Name": batch["case_id"], "dataset": batch["dataset"]}
-        row.update(score_against_truth(prediction, batch["label_path"], self.structures, batch["annotated"]))
-        self.results.append(row)
+        label_path = trainer.datamodule.label_path(batch["dataset"], batch["case_id"])
+        identity = {"Name": batch["case_id"], "dataset": batch["dataset"]}
+        seeds = batch.get("seeds")
+        seed_slices = seeds.slices if seeds is not None else ()
+        self.results.append({**identity, **score_against_truth(prediction, label_path, self.structures,
+                                                               batch["annotated"], without_slices=seed_slices)})
+        if seeds is not None:
+            self.with_seed_slices.append({**identity, **score_against_truth(prediction, label_path, self.structures,
+                                                                            batch["annotated"])})
+            self.effort[f"{batch['dataset']}/{batch['case_id']}"] = seeds.effort()
         if trainer.is_global_zero and len(self.overlays) < self.overlay_cases:
-            self.overlays.append(self._overlay(batch, prediction))
+            self.overlays.append(self._overlay(batch, label_path, prediction))
         if self.save_predictions:
             image_affine = nib.load(batch["image_path"]).affine
             target = self.output_dir / "predictions" / batch["dataset"] / f"{batch['case_id']}.nii.gz"
@@ -87,6 +112,8 @@ class CaseScoring(pl.Callback):
             for column, stats in per_column.items():
                 structure, metric = structure_metric(column)
                 pl_module.log(f"test/{dataset}/{structure}/{metric}", stats["mean"], rank_zero_only=True)
+        if self.effort:
+            self._write_seeded(trainer, pl_module)
         if trainer.is_global_zero:
             self.results.write(self.output_dir / METRICS_FILE)
             header = [*self.results.keys, *self.results.columns]
@@ -98,9 +125,30 @@ class CaseScoring(pl.Callback):
                         logger.log_image(key="test/overlays", images=[str(p) for p in self.overlays],
                                          caption=[p.stem for p in self.overlays])
 
-    def _overlay(self, batch: dict, prediction: torch.Tensor) -> Path:
+    def _write_seeded(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """A semi-automatic run: whole-volume scores beside metrics.csv, and the annotation effort per case."""
+        self.with_seed_slices = self.with_seed_slices.gathered()
+        efforts = [self.effort]
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            efforts = [None] * dist.get_world_size()
+            dist.all_gather_object(efforts, self.effort)
+        effort = {case: entry for part in efforts for case, entry in sorted(part.items())}
+        slices = [entry["slices"] for entry in effort.values()]
+        strokes = [entry["strokes"] for entry in effort.values()]
+        pl_module.log("test/annotation/slices_per_scan", float(np.mean(slices)), rank_zero_only=True)
+        pl_module.log("test/annotation/strokes_per_scan", float(np.mean(strokes)), rank_zero_only=True)
+        if trainer.is_global_zero:
+            self.with_seed_slices.write(self.output_dir / SEEDED_METRICS_FILE)
+            write_json(self.output_dir / ANNOTATION_FILE, {
+                "scored": f"{METRICS_FILE} leaves each case's seed slices out; {SEEDED_METRICS_FILE} keeps them",
+                "slices_per_scan": float(np.mean(slices)), "strokes_per_scan": float(np.mean(strokes)),
+                "cases": effort})
+
+    def _overlay(self, batch: dict, label_path: Path, prediction: torch.Tensor) -> Path:
         image = np.asarray(nib.load(batch["image_path"]).dataobj, dtype=np.float32)
-        truth = np.asarray(nib.load(batch["label_path"]).dataobj, dtype=np.uint8)
+        truth = np.asarray(nib.load(label_path).dataobj, dtype=np.uint8)
         path = self.output_dir / "overlays" / batch["dataset"] / f"{batch['case_id']}.png"
         return save_overlay(image, truth, prediction.cpu().numpy(), path, f"{batch['dataset']} / {batch['case_id']}",
                             label_values=[v for v in self.label_values if v])

@@ -32,7 +32,9 @@ class WholeCaseValidation(pl.Callback):
             probabilities = pl_module.predict_volume(case["image"].to(pl_module.device))
             prediction = pl_module.labels_on_grid(probabilities, case["original_shape"].tolist())
             results.append({"Name": case["case_id"], "dataset": case["dataset"],
-                            **score_against_truth(prediction, case["label_path"], self.structures,
+                            **score_against_truth(prediction,
+                                                  datamodule.label_path(case["dataset"], case["case_id"]),
+                                                  self.structures,
                                                   case["annotated"])})
         for dataset, per_column in results.gathered().summary().items():
             for column, stats in per_column.items():

@@ -27,9 +27,11 @@ from covlight.data.canonical import (
     slice_spacing_note,
 )
 from covlight.data.histogram import HistogramStandardisation, learn_standard_landmarks
+from covlight.data.interaction import SeedingStep
 from covlight.data.options import (
     Augmentation,
     Cases,
+    Interaction,
     Preprocessing,
     Sampling,
     Slices,
@@ -132,11 +134,17 @@ class PatchDataset(Dataset):
 
 
 class WholeCaseDataset(Dataset):
-    """Whole preprocessed cases for testing, with what is needed to go back to the original grid."""
+    """Whole preprocessed cases for testing, with what is needed to go back to the original grid.
 
-    def __init__(self, records: list[CaseRecord], transform: tio.Transform):
+    An item never holds the case's truth nor its path: scoring finds the label through the data module
+    (`SegmentationDataModule.label_path`). With `seeding` (semi-automatic methods only), each item also holds the
+    case's `Seeds`, the one view of its truth a method may have (covlight.data.interaction).
+    """
+
+    def __init__(self, records: list[CaseRecord], transform: tio.Transform, seeding: SeedingStep | None = None):
         self.records = records
         self.transform = transform
+        self.seeding = seeding
 
     def __len__(self) -> int:
         return len(self.records)
@@ -144,15 +152,19 @@ class WholeCaseDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
         subject = self.transform(tio.Subject(image=tio.ScalarImage(record.image_path, reader=read_canonical), intensity=record.intensity))
-        return {
+        item = {
             "image": subject["image"].data.float(),
+            "affine": torch.as_tensor(subject["image"].affine),
+            "intensity": record.intensity,
             "case_id": record.case_id,
             "dataset": record.dataset,
             "image_path": str(record.image_path),
-            "label_path": str(record.label_path) if record.label_path else "",
             "original_shape": torch.tensor(record.shape),
             "annotated": list(record.annotated),
         }
+        if self.seeding is not None:
+            item["seeds"] = self.seeding(record.dataset, record.case_id, record.label_path, record.annotated)
+        return item
 
 
 def patch_quota(cases: int, total: int, per_case: int, generator: torch.Generator) -> list[int]:
@@ -208,6 +220,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         cases: Cases | Mapping | None = None,
         augmentation: Augmentation | Mapping | None = None,
         unlabelled: Unlabelled | Mapping | None = None,
+        interaction: Interaction | Mapping | None = None,
         seed: int = 0,
     ):
         super().__init__()
@@ -227,6 +240,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.cases = as_options(Cases, cases)
         self.augmentation = as_options(Augmentation, augmentation)
         self.unlabelled = as_options(Unlabelled, unlabelled) if unlabelled is not None else None
+        # Semi-automatic methods only (covlight.train checks): seeds from each test case's truth.
+        self.seeding = (SeedingStep(as_options(Interaction, interaction), self.label_values)
+                        if interaction is not None else None)
         self.seed = int(seed)
         self._streams: list[PatchStream] = []  # the training loaders' streams, told each epoch's number
         self.slice_size = None  # one-slice cases are resized to it (slices.policy=resize)
@@ -310,7 +326,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             note = slice_spacing_note(self._dataset(name).meta)
             if note:
                 warnings.warn(note, stacklevel=2)
-        if self.spatial_dims == 3:
+        if self.spatial_dims == 3 and self.preprocessing_options.target_spacing != "native":
             option = self.preprocessing_options.target_spacing
             if option in (None, "auto"):
                 self.target_spacing = target_spacing_of([r.spacing for r in self.records["train"]])
@@ -424,7 +440,14 @@ class SegmentationDataModule(pl.LightningDataModule):
                     patches.append({"image": patch["image"].data.float(), "label": patch["label"].data.long()})
         return DataLoader(PatchDataset(patches), batch_size=self.batch_size, shuffle=False, num_workers=0)
 
+    def label_path(self, dataset: str, case_id: str) -> Path:
+        """The truth of a case of this module's splits, for scoring (never part of a test batch)."""
+        for record in self.records["test"] + self.records["val"] + self.records["train"]:
+            if (record.dataset, record.case_id) == (dataset, case_id) and record.label_path is not None:
+                return record.label_path
+        raise KeyError(f"{dataset}/{case_id} is no labelled case of this data module")
+
     def test_dataloader(self) -> DataLoader:
         records = self.records["test"]
-        dataset = WholeCaseDataset(records, self.preprocessing(with_label=False))
+        dataset = WholeCaseDataset(records, self.preprocessing(with_label=False), self.seeding)
         return DataLoader(dataset, batch_size=1, collate_fn=_first, num_workers=min(self.sampling.num_workers, 1))

@@ -17,6 +17,7 @@ from covlight.errors import ConfigError
 INTENSITY_SCALINGS = ("range", "zscore")
 SLICE_POLICIES = ("pad", "resize")
 MISSING_CASES = ("error", "skip")
+INTERACTION_MODES = ("slices", "scribbles")
 
 # The checkpoint entry holding the data module's preprocessing (`SegmentationDataModule.preprocessing_state`):
 # written with every checkpoint, read by `covlight.predict` to treat new scans as the model's training scans.
@@ -32,16 +33,19 @@ def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
 class Preprocessing:
     """Deterministic steps of every stage (and of `covlight.predict`)."""
 
-    target_spacing: Any = "auto"  # 3D: "auto" (nnU-Net's rule over the training cases) or [x, y, z] in mm
+    # 3D: "auto" (nnU-Net's rule over the training cases), [x, y, z] in mm, or "native" (each case at its own grid:
+    # methods without a network, conf/model/none.yaml)
+    target_spacing: Any = "auto"
     intensity_scaling: str = "range"
     histogram_standardisation: bool = False
 
     def __post_init__(self):
         _one_of("preprocessing.intensity_scaling", self.intensity_scaling, INTENSITY_SCALINGS)
         spacing = self.target_spacing
-        if spacing not in (None, "auto") and (isinstance(spacing, str) or not isinstance(spacing, Sequence)
+        if spacing not in (None, "auto", "native") and (isinstance(spacing, str) or not isinstance(spacing, Sequence)
                                                   or len(spacing) != 3):
-            raise ConfigError(f"data.preprocessing.target_spacing={spacing!r}: use auto or three numbers [x, y, z]")
+            raise ConfigError(f"data.preprocessing.target_spacing={spacing!r}: use auto, native or three numbers "
+                              "[x, y, z]")
 
 
 @dataclass
@@ -139,6 +143,22 @@ class Unlabelled:
 
 
 @dataclass
+class Interaction:
+    """Simulated interaction of semi-automatic methods (covlight.data.interaction): seeds drawn from each test
+    case's own truth on `slices` axial slices, as full slices or scribbles, placed by `seed`."""
+
+    slices: int = 3
+    mode: str = "slices"
+    seed: int = 0
+
+    def __post_init__(self):
+        _one_of("interaction.mode", self.mode, INTERACTION_MODES)
+        if isinstance(self.slices, bool) or not isinstance(self.slices, int) or self.slices < 1:
+            raise ConfigError(f"data.interaction.slices={self.slices!r}: give the number of seed slices per scan "
+                              "(1 or more)")
+
+
+@dataclass
 class DataConfig:
     """The schema of the whole `data` node. `_convert_: object` hands the groups to the module as dataclasses."""
 
@@ -157,6 +177,7 @@ class DataConfig:
     cases: Cases = field(default_factory=Cases)
     augmentation: Augmentation = field(default_factory=Augmentation)
     unlabelled: Unlabelled | None = None
+    interaction: Interaction | None = None
     seed: int = MISSING
 
 
