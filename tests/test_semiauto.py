@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from covlight.data.splits import COVID, official_split
 
 from covlight.benchmark import LABELS
 from covlight.callbacks.scoring import score_against_truth
@@ -29,6 +28,7 @@ from covlight.methods.semiauto import (
     random_walker_classes,
 )
 from covlight.metrics import score_case
+from covlight.splits import COVID, official_split
 from covlight.train import check_method, run
 from tests.helpers.runs import FAST, REPO, TINY_2D, compose_config
 

@@ -141,9 +141,8 @@ def assert_one_whole_folder_per_job(tmp_path, result, seeds=(0, 1)) -> list:
     """Each job: one folder, finished, every test case scored once; the sweep's one summary says all finished."""
     import csv
 
-    from covlight.data.splits import COVID, official_split
-
     from covlight.benchmark import METRICS_FILE
+    from covlight.splits import COVID, official_split
 
     assert result.returncode == 0, result.stderr[-3000:]
     folders = []

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from covlight.data.splits import COVID, Split
 
 from covlight.benchmark import COVID_CASES
 from covlight.data.datamodule import SegmentationDataModule, patch_quota
 from covlight.data.options import Validation
 from covlight.errors import ConfigError
+from covlight.splits import COVID, Split
 
 
 def test_the_quota_is_the_total_spread_evenly_and_capped_per_case():
