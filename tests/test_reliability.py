@@ -49,6 +49,14 @@ def checkpoint_epoch(path: Path) -> int | None:
     return torch.load(path, map_location="cpu", weights_only=True)["epoch"] if path.is_file() else None
 
 
+def same_final_weights(run_a: Path, run_b: Path) -> bool:
+    """The two runs' last checkpoints hold bitwise-equal weights (the metrics of these tiny runs are all 0, so only
+    the weights tell whether two runs trained on the same patches)."""
+    a, b = (torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+            for run in (run_a, run_b))
+    return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
 def start(output_root: Path, env: dict, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(command(output_root, *extra), cwd=REPO, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -105,6 +113,7 @@ def test_same_seed_same_metrics_and_killed_run_resumes_to_them(env, tmp_path):
     assert single_run(root) == run_dir  # continued in its own folder
     assert read_status(run_dir)["state"] == "finished"
     assert (run_dir / "metrics.csv").read_text() == reference
+    assert same_final_weights(run_dir, single_run(tmp_path / "a"))
     assert not list((run_dir / "checkpoints").glob(".partial-*")), "a killed write's temporary file was left"
     wandb_id = read_status(run_dir)["wandb_id"]
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
@@ -137,6 +146,7 @@ def test_killed_run_with_persistent_loader_workers_resumes_to_the_uninterrupted_
     assert 0 < killed_at < MAX_EPOCHS - 1, f"killed at epoch {killed_at}: not mid-training"
     resume(root, env, "logger=none", WORKERS)
     assert (single_run(root) / "metrics.csv").read_text() == reference
+    assert same_final_weights(single_run(root), single_run(tmp_path / "a"))
 
 
 @pytest.mark.slow

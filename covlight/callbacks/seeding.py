@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 
+from covlight.data.datamodule import epoch_to_resume
+
 
 class EpochSeeding(pl.Callback):
     """Tells the data module's patch streams the epoch's number (they draw from their own seeded generators), and
@@ -16,6 +18,14 @@ class EpochSeeding(pl.Callback):
     def __init__(self, seed: int):
         self.seed = int(seed)
         self._reseeded_epoch: int | None = None
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        """A resumed run: the data module learns its first epoch before Lightning builds the training loader
+        (`estimated_stepping_batches` builds it, and its workers start drawing, before the loops are restored and
+        before any epoch-start hook)."""
+        datamodule = trainer.datamodule
+        if datamodule is not None and hasattr(datamodule, "set_epoch") and "loops" in checkpoint:
+            datamodule.set_epoch(epoch_to_resume(checkpoint))
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         datamodule = trainer.datamodule

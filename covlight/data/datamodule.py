@@ -182,13 +182,11 @@ def _first(batch: list[dict]) -> dict:
     return batch[0]
 
 
-def epoch_about_to_run(trainer: pl.Trainer | None) -> int:
-    """The epoch the fit loop runs next. Lightning's `current_epoch` counts completed epochs, and a checkpoint
-    written at an epoch's end (covlight's last.ckpt) holds that epoch as processed but not yet completed, so
-    while a resumed run builds its first loader `current_epoch` still names the epoch that has ended."""
-    if trainer is None:
-        return 0
-    return int(trainer.fit_loop.epoch_progress.current.processed)
+def epoch_to_resume(checkpoint: Mapping) -> int:
+    """The epoch a run resumed from `checkpoint` runs first. Lightning's `current_epoch` counts completed epochs,
+    and a checkpoint written at an epoch's end (covlight's last.ckpt) holds that epoch as processed but not yet
+    completed: the next epoch is the number processed."""
+    return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
 
 
 def _single_threaded_worker(worker_id: int) -> None:
@@ -245,6 +243,7 @@ class SegmentationDataModule(pl.LightningDataModule):
                         if interaction is not None else None)
         self.seed = int(seed)
         self._streams: list[PatchStream] = []  # the training loaders' streams, told each epoch's number
+        self.epoch = 0  # the epoch the streams draw for (set_epoch)
         self.slice_size = None  # one-slice cases are resized to it (slices.policy=resize)
         if self.slices.policy == "resize":
             self.slice_size = tuple(int(n) for n in (self.slices.size or self.patch_size[:2]))
@@ -375,9 +374,11 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------------------------ dataloaders
     def _stream_loader(self, stream: PatchStream, batch_size: int) -> DataLoader:
-        """Workers are kept from epoch to epoch (no start-up and buffer fill each epoch) and draw what (seed, rank,
-        stream, epoch) says: the epoch reaches them through the stream's shared memory (PatchStream)."""
-        stream.set_epoch(epoch_about_to_run(self.trainer))
+        """Workers are kept from epoch to epoch and draw what (seed, rank, stream, epoch) says: the epoch reaches them
+        through the stream's shared memory (PatchStream). The stream starts at the module's epoch: 0, or the epoch a
+        resumed run starts with (set from its checkpoint before Lightning builds the loader, whose workers start
+        drawing at once, before any epoch-start hook)."""
+        stream.set_epoch(self.epoch)
         self._streams.append(stream)
         workers = self.sampling.num_workers
         return DataLoader(stream, batch_size=batch_size, num_workers=workers, worker_init_fn=_single_threaded_worker,
@@ -385,6 +386,7 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def set_epoch(self, epoch: int) -> None:
         """Each epoch draws its own patches, the same in an uninterrupted and a resumed run (EpochSeeding)."""
+        self.epoch = int(epoch)
         for stream in self._streams:
             stream.set_epoch(epoch)
 
