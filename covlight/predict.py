@@ -323,13 +323,7 @@ def predict_scan(scan: Scan, job: Job, models: list[Model], label_format: str) -
     the results on the input's grid."""
     model = models[0]  # the members share structures and preprocessing (check_ensemble)
     module = model.module
-    if scan.source.kind == "slice" and module.net_spatial_dims != 2:
-        raise DatasetError(f"{scan.source.path}: a 2D slice, but this run's model is 3D; use a 2D model's run")
-    subject = tio.Subject(image=tio.ScalarImage(tensor=torch.from_numpy(scan.image)[None], affine=scan.affine),
-                          intensity=scan.intensity)
-    steps = image_preprocessing(model.target_spacing, model.slice_size, model.intensity_scaling,
-                                model.histogram_landmarks)
-    image = tio.Compose(steps)(subject)["image"].data.float().to(model.device)
+    image = preprocessed(scan, model)
     probabilities = module.predict_volume(image)
     for member in models[1:]:
         probabilities += member.module.predict_volume(image)
@@ -342,6 +336,17 @@ def predict_scan(scan: Scan, job: Job, models: list[Model], label_format: str) -
     if label_format == "benchmark":
         labels = benchmark_labels(labels, module.label_values)
     write_output(scan, labels, job.labels)
+
+
+def preprocessed(scan: Scan, model: Model) -> torch.Tensor:
+    """The scan as the model's input (C, X, Y, Z) on its device, prepared as its training cases were."""
+    if scan.source.kind == "slice" and model.module.net_spatial_dims != 2:
+        raise DatasetError(f"{scan.source.path}: a 2D slice, but this run's model is 3D; use a 2D model's run")
+    subject = tio.Subject(image=tio.ScalarImage(tensor=torch.from_numpy(scan.image)[None], affine=scan.affine),
+                          intensity=scan.intensity)
+    steps = image_preprocessing(model.target_spacing, model.slice_size, model.intensity_scaling,
+                                model.histogram_landmarks)
+    return tio.Compose(steps)(subject)["image"].data.float().to(model.device)
 
 
 def on_grid(probabilities: torch.Tensor, shape) -> torch.Tensor:
