@@ -14,10 +14,14 @@ the last round's model is scored but selects nothing. With the defaults (10 + 3 
 all 40 training slices, so every strategy ends on the same set: the gains are at 20 and 30 slices.
 
 Model (the same for every strategy, so that MC dropout has dropout to sample): `model=unet2d` with features
-[16, 32, 64, 128, 256], dropout 0.1, slices resized to 256x256 (`data.slices.policy=resize`), batch 8, AdamW lr
-1e-3 with poly decay, `--steps` optimizer steps per round (default 300), no validation. `ensemble` trains
-`--members` - 1 more models per round (other seeds) beside the one every strategy scores. Models whose labelled
-set and seed are the same are trained once and shared between strategies (e.g. round 0).
+[16, 32, 64, 128], dropout 0.1, slices resized to 128x128 (`data.slices.policy=resize`; predictions resized back,
+scored at each slice's own size), batch 8, AdamW lr 1e-3 with poly decay, a budget of `--steps` optimizer steps
+per round (default 200, from scratch each round), no validation; MC dropout takes 8 passes. `ensemble` also
+trains a second model per round (seed + 1000) beside the one every strategy scores. Models whose labelled set
+and seed are the same are trained once and shared between strategies (round 0, and the last round when it labels
+every training slice): 13 trainings per fold and seed, 195 for the full study. One step takes ~0.8 s on 2 quiet
+cores (~4 s at load average 11), so about 4 min per training with its test, ~13 h in all on 2 quiet cores;
+`--strategies entropy --seeds 0 1` cuts it to ~4 h.
 
 Resumable: each (strategy, fold, seed, round) writes `<work>/results/<strategy>/fold<f>-seed<s>-round<r>.json` the
 moment it is done (score, labelled slices, the slices chosen next); a rerun skips what exists and trains only what
@@ -64,8 +68,9 @@ DATASET = "covid_semiseg"
 SOURCE = Path("covid_semiseg_train/TrainingSet/LungInfection-Train/Doctor-label")
 STRATEGIES = ("entropy", "mc_dropout", "ensemble", "random")
 COLUMNS = ("LesionDSC", "LesionNSD-3mm")
-FULL = {"folds": 5, "seeds": [0, 1, 2], "initial": 10, "step": 10, "rounds": 3, "steps": 300, "size": 256,
-        "features": [16, 32, 64, 128, 256], "strides": [1, 2, 2, 2, 2], "batch": 8, "members": 3, "samples": 8}
+FULL = {"folds": 5, "seeds": [0, 1, 2], "initial": 10, "step": 10, "rounds": 3, "steps": 200, "size": 128,
+        "features": [16, 32, 64, 128], "strides": [1, 2, 2, 2], "batch": 8, "members": 2, "samples": 8}
+COLOURS = {"random": "k", "entropy": "C0", "mc_dropout": "C1", "ensemble": "C2"}
 QUICK = {"folds": 5, "fold_subset": [0], "seeds": [0], "initial": 10, "step": 10, "rounds": 1, "steps": 4,
          "size": 64, "features": [8, 16, 32], "strides": [1, 2, 2], "batch": 4, "members": 2, "samples": 2}
 
@@ -116,7 +121,7 @@ def main() -> None:
     summary = summarise(work / "results", strategies, settings)
     write_json(out, {"setting": __doc__.split("\n\n")[1], "settings": settings, **summary,
                      "machine": machine_info()})
-    figure(summary, out.with_suffix(".png"))
+    figure(summary, settings, out.with_suffix(".png"))
     log(f"wrote {out} and {out.with_suffix('.png')} ({'complete' if summary['complete'] else 'partial'})")
 
 
@@ -255,7 +260,7 @@ def summarise(results: Path, strategies: list[str], settings: dict) -> dict:
     return {"complete": not missing, "missing": len(missing), "curves": curves, "gain_over_random": gains}
 
 
-def figure(summary: dict, path: Path) -> None:
+def figure(summary: dict, settings: dict, path: Path) -> None:
     """LesionDSC against labelled slices (mean, band = std over folds x seeds), and the paired gain over random."""
     import matplotlib
 
@@ -269,11 +274,12 @@ def figure(summary: dict, path: Path) -> None:
         x = [p["n_labelled"] for p in points]
         mean = np.array([p["LesionDSC"]["mean"] for p in points])
         std = np.array([p["LesionDSC"]["std"] for p in points])
-        (line,) = curve_axis.plot(x, mean, marker="o", label=f"{strategy} (n={points[0]['n']})",
-                                  ls="--" if strategy == "random" else "-")
-        curve_axis.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+        curve_axis.plot(x, mean, marker="o", label=f"{strategy} (n={points[0]['n']})", color=COLOURS[strategy],
+                        ls="--" if strategy == "random" else "-")
+        curve_axis.fill_between(x, mean - std, mean + std, color=COLOURS[strategy], alpha=0.15)
     curve_axis.set(xlabel="labelled slices", ylabel="LesionDSC on held-out slices",
-                   title="active learning, 5-fold CV (band: std)")
+                   title=f"{len(settings['fold_subset'])} fold(s) x {len(settings['seeds'])} seed(s), "
+                         f"{settings['steps']} steps/round (band: std)")
     curve_axis.legend(fontsize=8)
     for strategy, points in summary["gain_over_random"].items():
         if not points:
@@ -282,8 +288,8 @@ def figure(summary: dict, path: Path) -> None:
         mean = np.array([p["LesionDSC"]["mean"] for p in points])
         low = np.array([p["LesionDSC"]["ci95"][0] for p in points])
         high = np.array([p["LesionDSC"]["ci95"][1] for p in points])
-        (line,) = gain_axis.plot(x, mean, marker="o", label=strategy)
-        gain_axis.fill_between(x, low, high, color=line.get_color(), alpha=0.15)
+        gain_axis.plot(x, mean, marker="o", label=strategy, color=COLOURS[strategy])
+        gain_axis.fill_between(x, low, high, color=COLOURS[strategy], alpha=0.15)
     gain_axis.axhline(0, color="k", lw=0.8)
     gain_axis.set(xlabel="labelled slices", ylabel="LesionDSC - random's (paired)", title="gain over random (95% CI)")
     gain_axis.legend(fontsize=8)
