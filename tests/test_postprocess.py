@@ -137,3 +137,46 @@ def test_predict_applies_it(tmp_path):
     assert any(ndimage.label(raw == v)[1] > 1 for v in (1, 2))
     assert np.array_equal(processed, largest_component(raw, [1, 2]))
     assert not np.array_equal(processed, raw)
+
+
+def test_a_test_run_scores_and_saves_post_processed_predictions(tmp_path):
+    """callbacks.case_scoring.postprocess: the test's prediction is post-processed before it is scored and saved."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from covlight.callbacks.scoring import CaseScoring
+
+    truth = np.zeros((30, 30, 10), np.uint8)
+    truth[2:12, 5:25, 2:8], truth[16:28, 5:25, 2:8] = 1, 2
+    predicted = truth.copy()
+    predicted[0:2, 0:2, 0:2] = 1  # an island the post-processing removes
+    write_case(tmp_path / "labels", "case", truth)
+    write_case(tmp_path / "images", "case", truth.astype(np.float32))
+    scoring = CaseScoring(str(tmp_path / "run"), ["left_lung", "right_lung"], [0, 1, 2], overlay_cases=0,
+                          postprocess="largest_component")
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(label_path=lambda dataset, case: tmp_path / "labels" /
+                                                         f"{case}.nii.gz"), is_global_zero=True)
+    batch = {"dataset": "d", "case_id": "case", "annotated": ["left_lung", "right_lung"],
+             "image_path": str(tmp_path / "images" / "case.nii.gz")}
+    scoring.on_test_batch_end(trainer, None, {"prediction": torch.from_numpy(predicted)}, batch, 0)
+    assert scoring.results.rows[0]["L-lungDSC"] == 1.0
+    saved = np.asarray(nib.load(tmp_path / "run" / "predictions" / "d" / "case.nii.gz").dataobj)
+    assert np.array_equal(saved, truth)
+
+
+def test_the_report_lists_post_processed_runs(tmp_path):
+    import yaml
+
+    from covlight.report.__main__ import main as report
+    from tests.helpers.run_folders import fake_rows, make_run
+
+    rng = np.random.default_rng(0)
+    plain = make_run(tmp_path / "outputs", "unet3d", 0, rows=fake_rows(rng, "unet3d", 0))
+    processed = make_run(tmp_path / "outputs", "unet3d_lcc", 0, rows=fake_rows(rng, "unet3d_lcc", 0))
+    (processed / "config.yaml").write_text(yaml.safe_dump(
+        {"callbacks": {"case_scoring": {"postprocess": "largest_component:left_lung,right_lung"}}}))
+    assert report([str(tmp_path / "outputs"), "--out", str(tmp_path / "report")]) == 0
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert f"- `{processed}`: largest_component:left_lung,right_lung" in text
+    assert f"`{plain}`" not in text.split("Post-processed runs", 1)[1].split("##", 1)[0]
