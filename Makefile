@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_PIN)"
 	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps "nnunet==1.7.1" "batchgenerators==0.24"  # the [reference] extra, torch pin kept
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -24,6 +24,11 @@ as an ensemble, as nnU-Net predicts with its 5 fold models: the class probabilit
 and the labels (and with `--probabilities` the maps) come from the mean. The runs must predict the same structures
 with the same preprocessing; otherwise nothing is predicted and the error names two runs and what differs.
 
+`--postprocess largest_component[:structure,...]` keeps only the largest connected component of each named
+structure (default: each lung the model predicts; nnU-Net v1's connectivity), `--postprocess FILE` the structures
+a `postprocessing.json` chose on validation cases (`python -m covlight.postprocess`); probability maps are left as
+predicted.
+
 Exit status: 0 when every input was predicted, 1 when an input failed, 2 for unusable arguments.
 """
 
@@ -43,7 +48,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from covlight.benchmark import LABELS, STRUCTURE_OF_VALUE
+from covlight.benchmark import LABELS, STRUCTURE_OF_VALUE, STRUCTURES
 from covlight.callbacks.checkpoint import load_checkpoint
 from covlight.config import read_status
 from covlight.data.canonical import INTENSITY_KINDS
@@ -51,6 +56,7 @@ from covlight.data.datamodule import image_preprocessing
 from covlight.data.options import PREPROCESSING_KEY
 from covlight.errors import WORK_FAILED, CovlightError, DatasetError, report_error
 from covlight.methods.supervised import SupervisedSegmentation
+from covlight.postprocess import largest_component, parse_spec
 from covlight.scans import (
     Scan,
     Source,
@@ -113,6 +119,8 @@ def main(argv=None) -> int:
         models = [load_model(args, config, checkpoint, source) for config, checkpoint, source in run_files(args)]
         check_ensemble(models)
         jobs = plan(args, models[0])
+        args.keep_largest = [STRUCTURES[s].label for s in parse_spec(args.postprocess, models[0].structures)] \
+            if args.postprocess else []
     except CovlightError as error:
         return report_error("covlight.predict", error)
     describe(args, models, jobs, console)
@@ -153,6 +161,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--label-format", choices=("canonical", "benchmark"), default="canonical",
                         help="canonical: 1 left lung, 2 right lung, 3 infection; benchmark: as the benchmark's "
                              "files (an infection-only model writes infection as 1) (default: %(default)s)")
+    parser.add_argument("--postprocess", metavar="RULE",
+                        help="largest_component[:structure,...] (default structures: the lungs), or a "
+                             "postprocessing.json chosen on validation cases (python -m covlight.postprocess)")
     parser.add_argument("--keep-going", action="store_true",
                         help="predict the other inputs when one fails, list the failures, exit 1")
     parser.add_argument("--overwrite", action="store_true", help="replace prediction files that exist")
@@ -293,6 +304,9 @@ def describe(args, models: list[Model], jobs: list[Job], console: Console) -> No
         elif kind == "stored":
             console.print("intensity: as stored in the canonical dataset folder (0..255)")
     console.print(f"mirroring: axes {tuple(module.inference.get('mirror_axes', ()))}")
+    if args.keep_largest:
+        console.print("post-processing: largest connected component of "
+                      + ", ".join(STRUCTURE_OF_VALUE[v] for v in args.keep_largest))
 
 
 # ------------------------------------------------------------------------------------------------- prediction
@@ -307,7 +321,7 @@ def predict_all(jobs: list[Job], models: list[Model], args, console: Console) ->
             progress.update(task, description=job.source.name)
             try:
                 scan = read_scan(job.source, args.intensity or DEFAULT_INTENSITY.get(job.source.kind))
-                predict_scan(scan, job, models, args.label_format)
+                predict_scan(scan, job, models, args.label_format, args.keep_largest)
                 done += 1
             except DatasetError as error:
                 failures.append(str(error))
@@ -318,9 +332,9 @@ def predict_all(jobs: list[Job], models: list[Model], args, console: Console) ->
     return done, failures
 
 
-def predict_scan(scan: Scan, job: Job, models: list[Model], label_format: str) -> None:
+def predict_scan(scan: Scan, job: Job, models: list[Model], label_format: str, keep_largest=()) -> None:
     """Preprocess as in training, slide the window of each model, average their class probabilities, and write
-    the results on the input's grid."""
+    the results on the input's grid (`keep_largest`: label values left with their largest component only)."""
     model = models[0]  # the members share structures and preprocessing (check_ensemble)
     module = model.module
     image = preprocessed(scan, model)
@@ -333,6 +347,8 @@ def predict_scan(scan: Scan, job: Job, models: list[Model], label_format: str) -
         for index, path in enumerate(job.probabilities.values(), start=1):
             write_output(scan, probabilities[index].cpu().numpy(), path)
     labels = module.labels_on_grid(probabilities, scan.image.shape).cpu().numpy()
+    if keep_largest:
+        labels = largest_component(labels, keep_largest)
     if label_format == "benchmark":
         labels = benchmark_labels(labels, module.label_values)
     write_output(scan, labels, job.labels)

@@ -21,12 +21,13 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 
 from covlight.atomic import write_json
-from covlight.benchmark import LABELS, METRICS_FILE, columns, structure_metric
+from covlight.benchmark import LABELS, METRICS_FILE, STRUCTURES, columns, structure_metric
 from covlight.callbacks.overlays import save_overlay
 from covlight.data.canonical import read_nifti, save_nifti
 from covlight.errors import ConfigError, DatasetError
 from covlight.metrics import score_case
 from covlight.metrics.results import CaseResults
+from covlight.postprocess import largest_component, parse_spec
 
 SEEDED_METRICS_FILE = "metrics_with_seed_slices.csv"  # a semi-automatic run's scores on the whole volume
 ANNOTATION_FILE = "annotation.json"  # a semi-automatic run's annotation effort per case
@@ -67,9 +68,12 @@ class CaseScoring(pl.Callback):
     """Score each test case against its ground truth on the original grid; write `metrics.csv`; log means."""
 
     def __init__(self, output_dir: str, structures, label_values, save_predictions: bool = True,
-                 overlay_cases: int = 3):
+                 overlay_cases: int = 3, postprocess: str | None = None):
         self.output_dir = Path(output_dir)
         self.structures = list(structures)
+        # label values whose prediction keeps its largest component only (covlight.postprocess), before scoring
+        self.keep_largest = [STRUCTURES[s].label for s in parse_spec(postprocess, self.structures)] \
+            if postprocess else []
         self.label_values = list(label_values)
         self.save_predictions = save_predictions
         self.overlay_cases = overlay_cases
@@ -88,6 +92,9 @@ class CaseScoring(pl.Callback):
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         prediction = outputs["prediction"]
+        if self.keep_largest:
+            kept = largest_component(prediction.cpu().numpy(), self.keep_largest)
+            prediction = torch.from_numpy(kept).to(prediction.device)
         label_path = trainer.datamodule.label_path(batch["dataset"], batch["case_id"])
         identity = {"Name": batch["case_id"], "dataset": batch["dataset"]}
         seeds = batch.get("seeds")

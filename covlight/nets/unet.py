@@ -110,6 +110,7 @@ class UNet(nn.Module):
         features_per_stage: Sequence[int],
         strides: Sequence[int | Sequence[int]],
         kernel_sizes: Sequence[int | Sequence[int]] | int = 3,
+        decoder_kernel_sizes: Sequence[int | Sequence[int]] | None = None,
         n_conv_per_stage: int | Sequence[int] = 2,
         n_conv_per_stage_decoder: int | Sequence[int] = 2,
         norm: str = "instance",
@@ -138,8 +139,14 @@ class UNet(nn.Module):
             _per_axis(k, spatial_dims, f"kernel_sizes[{i}]")
             for i, k in enumerate(_per_stage(kernel_sizes, n_stages, "kernel_sizes"))
         ]
-        if any(k % 2 == 0 for kernel in kernels for k in kernel):
-            raise ValueError(f"kernel sizes must be odd (same padding), got {kernel_sizes!r}")
+        # Decoder stage s (deepest first) runs at encoder stage n-2-s's resolution and, by default, its kernel;
+        # nnU-Net v1's Generic_UNet uses the kernel of the stage below instead (covlight/convert/nnunet_v1.py).
+        decoder_kernels = [
+            _per_axis(k, spatial_dims, f"decoder_kernel_sizes[{i}]")
+            for i, k in enumerate(_per_stage(decoder_kernel_sizes, n_stages - 1, "decoder_kernel_sizes"))
+        ] if decoder_kernel_sizes is not None else [kernels[-2 - s] for s in range(n_stages - 1)]
+        if any(k % 2 == 0 for kernel in kernels + decoder_kernels for k in kernel):
+            raise ValueError(f"kernel sizes must be odd (same padding), got {kernel_sizes!r}, {decoder_kernel_sizes!r}")
         n_conv = _per_stage(n_conv_per_stage, n_stages, "n_conv_per_stage")
         n_conv_dec = _per_stage(n_conv_per_stage_decoder, n_stages - 1, "n_conv_per_stage_decoder")
         if any(not isinstance(n, int) or n < 1 for n in n_conv + n_conv_dec):
@@ -180,7 +187,7 @@ class UNet(nn.Module):
             )
             self.decoder.append(
                 _StackedConvs(
-                    n=n_conv_dec[s], in_ch=2 * skip, out_ch=skip, kernel=kernels[-2 - s], stride=1, **block
+                    n=n_conv_dec[s], in_ch=2 * skip, out_ch=skip, kernel=decoder_kernels[s], stride=1, **block
                 )
             )
         self.head = _CONV[spatial_dims](features[0], num_classes, 1, bias=True)

@@ -50,6 +50,7 @@ class Run:
     variant: str
     num_folds: int | None
     cases: tuple[dict, ...]
+    postprocess: str | None = None  # callbacks.case_scoring.postprocess of its test: its scores are post-processed
 
     @property
     def setting(self) -> tuple[str, str | None, str, str]:
@@ -133,6 +134,7 @@ def read_run(path: Path) -> Run | Skipped:
         variant=str(task_config.get("variant", "official")),
         num_folds=num_folds,
         cases=tuple(cases),
+        postprocess=((config.get("callbacks") or {}).get("case_scoring") or {}).get("postprocess"),
     )
 
 

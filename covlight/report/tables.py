@@ -286,6 +286,10 @@ def report_markdown(collection: Collection, summary: list[dict], per_fold: list[
         lines += ["Skipped run folders:", "", *(f"- `{s.path}`: {s.reason}" for s in skipped), ""]
     if not collection.missing and not skipped:
         lines += ["Every expected fold has a finished run; no run folder was skipped.", ""]
+    processed = [run for run in runs if run.postprocess]
+    if processed:
+        lines += ["Post-processed runs (their test predictions were post-processed before scoring):", "",
+                  *(f"- `{run.path}`: {run.postprocess}" for run in processed), ""]
     lines += ["## Summary: all folds pooled", "", markdown_tables(summary, per_fold=False), "",
               "## Per fold", "",
               "The benchmark publishes per-fold numbers of the 3D U-Net only.", "",
