@@ -8,8 +8,10 @@ seeds' box, `work_spacing_mm`). Lung DSC left / right, graph cut against the ran
   0.984/0.979 vs 0.980/0.980; the 256x256x150 phantom at work_spacing_mm=2.7 0.968/0.963 vs 0.968/0.967), 5-40x
   faster;
 - fewer or sparser seeds, or 8-bit CLAHE slices: worse, a lung lost (phantoms from 1 slice or from scribbles: left
-  0.0 vs 0.92-0.97; covid_ctseg from 1 slice 0.02/0.61 vs 0.77/0.73, from 3 slices 0.55/0.69 vs 0.83/0.89).
-It is never better where the two differ, and the walker at work_spacing_mm=2.7 keeps its DSC at full CT size.
+  0.0 vs 0.92-0.97; covid_ctseg from 1 slice 0.02/0.61 vs 0.77/0.73, from 3 slices 0.55/0.69 vs 0.83/0.89);
+- covid_ctseg infection: worse from 3 and 5 slices (0.25, 0.34 vs 0.36, 0.53), better from 1 (0.245 vs 0.065: its
+  intensity model reaches lesions no seeded lesion touches), the one cell it wins, where every method stays low.
+The walker at work_spacing_mm=2.7 keeps its DSC at full CT size, so speed does not keep it either.
 """
 
 from __future__ import annotations
