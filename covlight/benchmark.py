@@ -45,6 +45,7 @@ STRUCTURES = MappingProxyType({
     "infection": Structure(label=3, tolerance_mm=3.0, dsc_column="LesionDSC", nsd_column="LesionNSD-3mm"),
 })
 METRICS_FILE = "metrics.csv"  # a run's per-case scores
+ANNOTATION_FILE = "annotation.json"  # a semi-automatic run's annotation effort per test case (its cost in the report)
 BENCHMARK_METRICS = ("dsc", "nsd")  # the benchmark's columns, per structure
 METRICS = (*BENCHMARK_METRICS, "hd95", "assd")  # what covlight.evaluate can add (medpy's HD95 and ASSD)
 

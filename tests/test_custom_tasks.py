@@ -288,7 +288,7 @@ def test_cli_cross_validation_and_its_report(slices, tmp_path):
     assert report.returncode == 0, report.stderr[-3000:]
     markdown = (tmp_path / "rep" / "report.md").read_text(encoding="utf-8")
     assert "my_slices · infection · unet2d: folds 2, 3, 4 missing" in markdown
-    assert "| unet2d | 0, 1 | 2 | 6 |" in markdown  # our row; no published baseline exists for a custom task
+    assert "| unet2d | – | 0, 1 | 2 | 6 |" in markdown  # our row; no published baseline exists for a custom task
 
 
 def test_volumes_with_another_direction_split_and_predict_on_their_own_grid(phantom_root, custom_run, tmp_path):

@@ -87,7 +87,7 @@ def test_nan_case_excluded_and_counted(sweep):
     assert len(rows) == 31
     assert float(row["mean"]) == pytest.approx(100 * np.mean([float(r["LesionDSC"]) for r in rows]), abs=1e-9)
     line = next(line for line in (sweep["out"] / "report.md").read_text(encoding="utf-8").splitlines()
-                if line.startswith("| unet2d | 0, 1 |"))
+                if line.startswith("| unet2d | – | 0, 1 |"))
     assert "(1 NaN)" in line
 
 
@@ -213,3 +213,43 @@ def test_mapping_onto_published_rows():
     assert published("2D", task1_lung, "covid19_ct_seg", "left_lung", "dsc", 0, pooled=False) == (None, None)
     assert published("3D", task1_lung, "covid19_ct_seg", "left_lung", "dsc", fold=4, pooled=False) == (
         88.33, 75.97)  # the published typo, as printed
+
+
+def seeded_run(root, name, fold, rows, effort=None):
+    """A semi-automatic run folder: its config sets data.interaction and it wrote annotation.json (`effort`)."""
+    path = make_run(root, name, fold, rows=rows)
+    (path / "config.yaml").write_text("data:\n  interaction: {slices: 3, mode: scribbles, seed: 0}\n",
+                                      encoding="utf-8")
+    if effort is not None:
+        (path / "annotation.json").write_text(json.dumps(effort), encoding="utf-8")
+    return path
+
+
+def test_semi_automatic_rows_show_their_annotation_cost_beside_networks(tmp_path):
+    rng = np.random.default_rng(3)
+    for fold, strokes in ((0, 40.0), (1, 50.0)):
+        make_run(tmp_path, "unet2d", fold, rows=fake_rows(rng, "unet2d", fold))
+        effort = {"slices_per_scan": 3.0, "strokes_per_scan": strokes,
+                  "cases": {"coronacases_001": {"mode": "scribbles", "slices": 3, "strokes": int(strokes)}}}
+        seeded_run(tmp_path, "random_walker_scribbles3", fold, fake_rows(rng, "random_walker_scribbles3", fold), effort)
+    assert main([str(tmp_path), "--out", str(tmp_path / "report")]) == 0
+    summary = read_csv(tmp_path / "report" / "summary.csv")
+    walker = {(r["interaction"], r["slices_per_scan"], r["strokes_per_scan"]) for r in summary
+              if r["name"] == "random_walker_scribbles3"}
+    network = {(r["interaction"], r["slices_per_scan"]) for r in summary if r["name"] == "unet2d"}
+    assert walker == {("scribbles", "3.0", "45.0")} and network == {("", "")}
+    report = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "| method | drawn per test scan | folds | runs |" in report
+    assert "| random_walker_scribbles3 | 3 slices, 45.0 strokes | 0, 1 | 2 |" in report
+    assert "| unet2d | – | 0, 1 | 2 |" in report
+    per_fold = read_csv(tmp_path / "report" / "per_fold.csv")
+    assert {r["strokes_per_scan"] for r in per_fold if r["name"] == "random_walker_scribbles3"} == {"40.0", "50.0"}
+
+
+def test_semi_automatic_run_without_its_annotation_cost_is_refused(tmp_path):
+    rows = fake_rows(np.random.default_rng(0), "random_walker_scribbles3", 0)
+    missing = seeded_run(tmp_path / "a", "random_walker_scribbles3", 0, rows)
+    damaged = seeded_run(tmp_path / "b", "random_walker_scribbles3", 0, rows, effort={"slices_per_scan": 3.0})
+    for path, reason in ((missing, "a semi-automatic run without"), (damaged, "unreadable")):
+        (skipped,) = collect([path]).skipped
+        assert skipped.refused and skipped.reason.startswith(f"{reason} {path / 'annotation.json'}")

@@ -18,12 +18,13 @@ from covlight.callbacks.scoring import score_against_truth
 from covlight.config import read_status
 from covlight.data.canonical import HU_WINDOW, read_nifti, save_nifti
 from covlight.data.datamodule import SegmentationDataModule
-from covlight.data.interaction import UNSEEDED, SeedingStep
+from covlight.data.interaction import UNSEEDED, SeedingStep, seed_slices
 from covlight.data.options import Interaction
 from covlight.errors import ConfigError, DatasetError
 from covlight.methods.semiauto import (
     ClassicLungSegmentation,
     active_contour_classes,
+    at_work_spacing,
     classic_lung_labels,
     random_walker_classes,
 )
@@ -125,6 +126,13 @@ def test_seed_slices_are_evenly_spaced_reproducible_and_hold_the_structures(phan
         assert seeds.effort() == {"mode": "slices", "slices": k, "strokes": 0, "seed_slices": list(seeds.slices)}
 
 
+def test_seed_slices_come_from_the_middle_half_of_each_run():
+    """k=1 through 20 slices draws from slices 5-14, never the apex or the base; short runs keep every slice."""
+    drawn = {seed_slices(np.arange(20), 1, np.random.default_rng(seed))[0] for seed in range(200)}
+    assert drawn == set(range(5, 15))
+    assert {seed_slices(np.arange(3), 3, np.random.default_rng(seed)) for seed in range(20)} == {(0, 1, 2)}
+
+
 def test_scribbles_are_strokes_inside_each_structure(phantom_root):
     _, truth, _, label_path = case(phantom_root, CASES[0])
     seeds = seeding(3, "scribbles")(COVID, CASES[0], label_path, ANNOTATED)
@@ -163,13 +171,47 @@ def test_seed_slices_are_left_out_of_the_benchmark_scores(phantom_root):
 
 # ------------------------------------------------------------------------------------------ seeded methods
 def test_random_walker_dsc_floor_on_phantoms(phantom_root):
-    """3 seed slices, scored without them. Measured on these 2 small phantoms: lungs 0.936-0.973; floor 0.85."""
+    """3 seed slices, scored without them. Measured on these 2 small phantoms: lungs 0.935-0.974; floor 0.85."""
     for case_id in CASES[:2]:
         stored, truth, affine, label_path = case(phantom_root, case_id)
         seeds = seeding(3)(COVID, case_id, label_path, ANNOTATED)
         classes = random_walker_classes(stored / 255.0, seeds.markers, affine)
         left, right = lung_dsc(classes.astype(np.uint8), truth, affine, drop=seeds.slices)
         assert left > 0.85 and right > 0.85, (case_id, left, right)
+
+
+def test_random_walker_beta_is_relative_to_the_image_contrast(phantom_root):
+    """The same scan at a quarter of its contrast (as CT in HU beside CLAHE-enhanced 8-bit slices, whose squared
+    gradients differ ~30x) gets the same segmentation: beta is relative to the image's mean squared gradient."""
+    stored, _, affine, label_path = case(phantom_root, CASES[0])
+    seeds = seeding(3)(COVID, CASES[0], label_path, ANNOTATED)
+    full = random_walker_classes(stored / 255.0, seeds.markers, affine)
+    faint = random_walker_classes(0.4 + 0.25 * stored / 255.0, seeds.markers, affine)
+    assert np.mean(full == faint) > 0.999
+
+
+def test_a_coarser_working_grid_returns_the_scan_grid_and_keeps_the_seeds(phantom_root):
+    """work_spacing_mm: a method run on 2x2x1 blocks (here a threshold, to see the resampling alone) comes back on
+    the scan's grid, aligned with it (agreeing with the method on the scan's own grid), with the seeds as drawn."""
+    stored, _, affine, label_path = case(phantom_root, CASES[0])
+    image = stored / 255.0
+    seeds = seeding(3)(COVID, CASES[0], label_path, ANNOTATED)
+    grids = []
+
+    def threshold(image, markers, grid_affine):
+        grids.append((image.shape, markers.shape, tuple(np.round(np.sqrt((grid_affine[:3, :3] ** 2).sum(0)), 3))))
+        return np.where(image < 0.45, 1, 0)
+
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    fine = at_work_spacing(threshold, image, seeds.markers, affine, None)
+    coarse = at_work_spacing(threshold, image, seeds.markers, affine, 2 * spacing[0])
+    half = (stored.shape[0] // 2, stored.shape[1] // 2, stored.shape[2])
+    assert grids == [(stored.shape, stored.shape, tuple(np.round(spacing, 3))),
+                     (half, half, tuple(np.round(spacing * [2, 2, 1], 3)))]
+    assert coarse.shape == stored.shape
+    seeded = seeds.markers != UNSEEDED
+    assert np.array_equal(coarse[seeded], seeds.markers[seeded])
+    assert np.mean(coarse[~seeded] == fine[~seeded]) > 0.95
 
 
 def test_active_contour_dsc_floor_on_phantoms(phantom_root):
@@ -250,3 +292,28 @@ def test_random_walker_run_records_the_effort_and_both_scores(phantom_root, tmp_
         without, whole = list(csv.DictReader(a)), list(csv.DictReader(b))
     assert [r["Name"] for r in without] == [r["Name"] for r in whole]
     assert all(float(w["L-lungDSC"]) >= float(o["L-lungDSC"]) for w, o in zip(whole, without, strict=True))
+
+
+@pytest.mark.slow
+def test_scribble_mode_from_the_command_line_to_the_report(phantom_root, tmp_path):
+    """Scribbles end to end: the run is named for them, records its strokes per case, scores without the seed
+    slices, and the report shows its cost (slices and strokes per test scan) on its row."""
+    command = [sys.executable, "-m", "covlight", "task=task1", "subtask=lung", "method=random_walker",
+               "data.interaction.mode=scribbles", "data.interaction.slices=1", "logger=csv", "print_config=false",
+               f"paths.data_dir={phantom_root}", f"paths.output_root={tmp_path / 'outputs'}"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, encoding="utf-8", errors="replace", timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "outputs" / "task1" / "lung" / "random_walker_scribbles1" / "fold0-seed0").iterdir()
+    effort = json.loads((run_dir / "annotation.json").read_text())
+    assert len(effort["cases"]) == 16
+    assert all(entry["mode"] == "scribbles" and entry["slices"] == 1 and entry["strokes"] >= 3
+               for entry in effort["cases"].values())  # a stroke at least per class: background and two lungs
+    assert effort["strokes_per_scan"] == np.mean([entry["strokes"] for entry in effort["cases"].values()])
+    with open(run_dir / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 16 and np.mean([float(r["L-lungDSC"]) for r in rows]) > 0.7
+    report = subprocess.run([sys.executable, "-m", "covlight.report", str(tmp_path / "outputs"), "--out",
+                             str(tmp_path / "report")], cwd=REPO, capture_output=True, encoding="utf-8", timeout=600)
+    assert report.returncode == 0, report.stderr[-3000:]
+    markdown = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    assert f"| random_walker_scribbles1 | 1 slice, {effort['strokes_per_scan']:.1f} strokes | 0 | 1 | 16 |" in markdown

@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 
 from covlight.atomic import write_json
-from covlight.benchmark import LABELS, METRICS_FILE, STRUCTURES, columns, structure_metric
+from covlight.benchmark import ANNOTATION_FILE, LABELS, METRICS_FILE, STRUCTURES, columns, structure_metric
 from covlight.callbacks.overlays import save_overlay
 from covlight.data.canonical import read_nifti, save_nifti
 from covlight.errors import ConfigError, DatasetError
@@ -30,7 +30,6 @@ from covlight.metrics.results import CaseResults
 from covlight.postprocess import largest_component, parse_spec
 
 SEEDED_METRICS_FILE = "metrics_with_seed_slices.csv"  # a semi-automatic run's scores on the whole volume
-ANNOTATION_FILE = "annotation.json"  # a semi-automatic run's annotation effort per case
 
 
 def load_truth(label_path: str, device: torch.device) -> tuple[torch.Tensor, tuple[float, ...]]:

@@ -3,9 +3,9 @@
 Semi-automatic methods (covlight/methods/semiauto.py) start from seeds a user would draw. covlight simulates that
 user from the case's own truth, the usual protocol for interactive methods: `k` axial slices, evenly spaced
 through the extent of the subtask's structures (the slices holding them, cut into k runs of equal count, one slice
-drawn from each run by a seeded generator), given as full slices (every voxel of the slice labelled) or as
-scribbles (in each seed slice, the skeleton of each eroded structure and of the eroded background; each connected
-piece is one stroke). The effort is counted (slices, strokes) and the seed slices are left out of the benchmark's
+drawn from the middle half of each run by a seeded generator), given as full slices (every voxel of the slice
+labelled) or as scribbles (in each seed slice, the skeleton of each eroded structure and of the eroded background;
+each connected piece is one stroke). The effort is counted (slices, strokes) and the seed slices are left out of the benchmark's
 scores (covlight/callbacks/scoring.py).
 
 Only `SeedingStep` reads the truth, and the data module hands its `Seeds` to the test batch only when
@@ -53,9 +53,16 @@ class Seeds:
 
 def seed_slices(foreground_slices: np.ndarray, k: int, rng: np.random.Generator) -> tuple[int, ...]:
     """k slices evenly spaced through the structure's extent: the sorted slices that hold it, cut into k runs of
-    (nearly) equal count, one slice drawn from each run."""
-    runs = np.array_split(np.sort(foreground_slices), k)
-    return tuple(int(rng.choice(run)) for run in runs)
+    (nearly) equal count, one slice drawn from the middle half of each run (all of a run of 1-3 slices).
+
+    The middle half, not the whole run: a user asked for one slice through a lung draws one through it, not its
+    apex; drawn from a whole run, k=1 gave the lungs' last slice (140 voxels of ~1000) on 2 of 4 phantoms and a
+    random walker lung DSC of 0.02-0.37 there (0.85-0.98 on the other two phantoms)."""
+    chosen = []
+    for run in np.array_split(np.sort(foreground_slices), k):
+        quarter = len(run) // 4
+        chosen.append(int(rng.choice(run[quarter:len(run) - quarter])))
+    return tuple(chosen)
 
 
 def scribbles(mask: np.ndarray, spacing_xy: tuple[float, float]) -> tuple[np.ndarray, int]:

@@ -1,10 +1,13 @@
 """Methods without a network: the classic automatic lung segmentation, and semi-automatic methods (random walker,
-morphological active contours) started from a simulated user's seeds (covlight.data.interaction).
+morphological active contours) started from a simulated user's seeds (covlight.data.interaction). (A graph cut
+was measured and left out as redundant with the random walker: benchmarks/graph_cut.py.)
 
 They learn nothing: `covlight.train` skips fit (`trains = False`) and runs only the test phase, through the same
 data module, scoring, per-case CSV, predictions and loggers as a network. Each test case arrives at its own grid
 (data.preprocessing.target_spacing=native) with its stored values (0..255, range scaling), its affine and its
-intensity kind; a seeded method's batch also holds its `Seeds`, the only view of the truth it gets.
+intensity kind; a seeded method's batch also holds its `Seeds`, the only view of the truth it gets. A seeded
+method can work on a coarser grid (`work_spacing_mm`, `at_work_spacing`): a full-size CT is too large for the
+random walker on its own grid (benchmarks/results/semiauto_size.json).
 """
 
 from __future__ import annotations
@@ -164,10 +167,26 @@ def crop_markers(markers: np.ndarray, crop: tuple[slice, ...]) -> np.ndarray:
     return inner
 
 
-def random_walker_classes(image: np.ndarray, markers: np.ndarray, affine: np.ndarray, beta: float = 20000.0,
+def gradient_energy(image: np.ndarray, spacing) -> float:
+    """The mean squared gradient (per mm) over the volume's neighbour pairs: the scale of the image's own contrast
+    (CT in a HU window and CLAHE-enhanced 8-bit slices differ by ~30x)."""
+    total, count = 0.0, 0
+    for axis in range(image.ndim):
+        if image.shape[axis] > 1:
+            steps = np.diff(image, axis=axis) / spacing[axis]
+            total += float(np.square(steps, dtype=np.float64).sum())
+            count += steps.size
+    return total / count if count else 0.0
+
+
+def random_walker_classes(image: np.ndarray, markers: np.ndarray, affine: np.ndarray, beta: float = 10.0,
                           margin_mm: float | None = 20.0, tol: float = 1e-3) -> np.ndarray:
     """Class indices by scikit-image's random walker (3D, the voxel spacing as anisotropy) from `markers`
-    (UNSEEDED or a class index), inside `seed_crop`; `image` in 0..1."""
+    (UNSEEDED or a class index), inside `seed_crop`; `image` in 0..1.
+
+    Edge weights are exp(-beta * g^2 / mean(g^2)): `beta` is relative to the crop's own mean squared gradient
+    (`gradient_energy`), so one value serves CT in HU and contrast-enhanced 8-bit slices alike. (scikit-image
+    weights exp(-beta_sk * g^2 / (10 std)); the beta it is given is converted to that.)"""
     from skimage.segmentation import random_walker
 
     crop = seed_crop(markers, affine, margin_mm)
@@ -176,7 +195,10 @@ def random_walker_classes(image: np.ndarray, markers: np.ndarray, affine: np.nda
     if len(np.unique(seeds[seeds > 0])) < 2:  # one class seeded in the crop: it is all that class
         classes[crop] = int(seeds.max()) - 1
         return classes
-    found = random_walker(image[crop], seeds, beta=beta, mode="cg_j", tol=tol, spacing=spacing_of(affine))
+    region, spacing = image[crop], spacing_of(affine)
+    energy = gradient_energy(region, spacing)
+    beta_sk = beta * 10.0 * float(region.std()) / energy if energy > 0 else 0.0
+    found = random_walker(region, seeds, beta=beta_sk, mode="cg_j", tol=tol, spacing=spacing)
     classes[crop] = found - 1
     return classes
 
@@ -207,16 +229,64 @@ def active_contour_classes(image: np.ndarray, markers: np.ndarray, affine: np.nd
     return classes
 
 
+def work_factors(spacing, work_spacing_mm: float | None) -> tuple[int, ...]:
+    """Integer block sizes per axis that bring `spacing` nearest to `work_spacing_mm` without refining it."""
+    if work_spacing_mm is None:
+        return (1,) * len(spacing)
+    return tuple(max(1, round(work_spacing_mm / s)) for s in spacing)
+
+
+def at_work_spacing(method, image: np.ndarray, markers: np.ndarray, affine: np.ndarray,
+                    work_spacing_mm: float | None) -> np.ndarray:
+    """`method(image, markers, affine)` run on a coarser grid (blocks of `work_factors` voxels: the image's block
+    mean, each block's most frequent seed), its classes brought back to the case's grid by linear interpolation of
+    each class's indicator (the largest wins), and the seeds kept as drawn. Without coarsening: `method` as is."""
+    from skimage.measure import block_reduce
+
+    factors = work_factors(spacing_of(affine), work_spacing_mm)
+    if factors == (1, 1, 1):
+        return method(image, markers, affine)
+    coarse_image = block_reduce(image, factors, np.mean, cval=float(image.mean())).astype(image.dtype)
+    count = int(markers.max()) + 1
+    votes = np.stack([block_reduce(markers == c, factors, np.sum) for c in range(count)])
+    coarse_markers = np.where(votes.any(axis=0), votes.argmax(axis=0), UNSEEDED).astype(markers.dtype)
+    coarse_affine = np.asarray(affine, dtype=np.float64).copy()
+    coarse_affine[:3, :3] = coarse_affine[:3, :3] * np.asarray(factors, dtype=np.float64)
+    coarse_affine[:3, 3] = affine_origin_of_block(affine, factors)
+    coarse = method(coarse_image, coarse_markers, coarse_affine)
+    best = np.full(image.shape, -1.0, dtype=np.float32)
+    classes = np.zeros(image.shape, dtype=np.int64)
+    for c in range(count):
+        indicator = ndimage.zoom((coarse == c).astype(np.float32), factors, order=1, mode="nearest",
+                                 grid_mode=True)[tuple(slice(0, n) for n in image.shape)]
+        wins = indicator > best
+        classes[wins], best[wins] = c, indicator[wins]
+    seeded = markers != UNSEEDED
+    classes[seeded] = markers[seeded]
+    return classes
+
+
+def affine_origin_of_block(affine: np.ndarray, factors) -> np.ndarray:
+    """World position of the centre of the first block of `factors` voxels."""
+    centre = (np.asarray(factors, dtype=np.float64) - 1) / 2
+    return np.asarray(affine)[:3, :3] @ centre + np.asarray(affine)[:3, 3]
+
+
 class SeededSegmentation(UntrainedSegmentation):
-    """A semi-automatic method: segments from the seeds of the simulated user (`batch["seeds"]`)."""
+    """A semi-automatic method: segments from the seeds of the simulated user (`batch["seeds"]`), on the case's
+    grid or, with `work_spacing_mm`, on a coarser one (`at_work_spacing`)."""
 
     interactive = True
+
+    def __init__(self, label_values, subtask: str, work_spacing_mm: float | None = None):
+        super().__init__(label_values, subtask)
+        self.work_spacing_mm = None if work_spacing_mm is None else float(work_spacing_mm)
 
     def segment(self, stored: np.ndarray, affine: np.ndarray, batch: dict) -> np.ndarray:
         seeds: Seeds | None = batch.get("seeds")
         if seeds is None:
             raise ConfigError(f"{type(self).__name__} needs seeds: set data.interaction (its method config does)")
-        return self.from_seeds(stored / 255.0, seeds.markers, affine)
+        return at_work_spacing(self.from_seeds, stored / 255.0, seeds.markers, affine, self.work_spacing_mm)
 
     def from_seeds(self, image: np.ndarray, markers: np.ndarray, affine: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -225,9 +295,9 @@ class SeededSegmentation(UntrainedSegmentation):
 class RandomWalkerSegmentation(SeededSegmentation):
     """`random_walker_classes` from the seeds."""
 
-    def __init__(self, label_values, subtask: str, beta: float = 20000.0, margin_mm: float | None = 20.0,
-                 tol: float = 1e-3):
-        super().__init__(label_values, subtask)
+    def __init__(self, label_values, subtask: str, beta: float = 10.0, margin_mm: float | None = 20.0,
+                 tol: float = 1e-3, work_spacing_mm: float | None = None):
+        super().__init__(label_values, subtask, work_spacing_mm)
         self.beta, self.margin_mm, self.tol = float(beta), margin_mm, float(tol)
 
     def from_seeds(self, image, markers, affine):
@@ -238,8 +308,8 @@ class ActiveContourSegmentation(SeededSegmentation):
     """`active_contour_classes` from the seeds."""
 
     def __init__(self, label_values, subtask: str, iterations: int = 30, smoothing: int = 1,
-                 margin_mm: float | None = 20.0):
-        super().__init__(label_values, subtask)
+                 margin_mm: float | None = 20.0, work_spacing_mm: float | None = None):
+        super().__init__(label_values, subtask, work_spacing_mm)
         self.iterations, self.smoothing, self.margin_mm = int(iterations), int(smoothing), margin_mm
 
     def from_seeds(self, image, markers, affine):

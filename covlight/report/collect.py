@@ -6,7 +6,8 @@ run whose results cannot be used is refused (left out of every table, listed, an
 unreadable `metrics.csv` (one cut off mid-row), a DSC or NSD outside [0, 1], or rows that are not exactly the
 cases its split tests (`covlight.splits`, from the task, subtask, fold, source and variant its config.yaml and
 status.json name): a file holding 9 of a fold's 16 test cases would otherwise be pooled beside the published
-baselines as if complete. A custom task's split is made from its dataset folders, which the report does not
+baselines as if complete. A semi-automatic run (its config sets data.interaction) also needs its `annotation.json`
+(the slices and strokes drawn per scan, its annotation cost): without it the run is refused too. A custom task's split is made from its dataset folders, which the report does not
 read: its rows are checked for range only. Of
 several finished runs of one identity (a rerun of the same fold and seed), the newest folder is used and the
 others are skipped as superseded. For tasks with folds, the folds (and seeds) a method lacks are listed as
@@ -15,6 +16,7 @@ missing.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections import defaultdict
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from covlight.benchmark import FOLDS, METRICS_FILE, TASKS, TASKS_WITH_FOLDS, structure_metric
+from covlight.benchmark import ANNOTATION_FILE, FOLDS, METRICS_FILE, TASKS, TASKS_WITH_FOLDS, structure_metric
 from covlight.config import STATUS_FILE, read_status
 from covlight.errors import ConfigError
 from covlight.metrics.results import CaseResults
@@ -51,6 +53,7 @@ class Run:
     num_folds: int | None
     cases: tuple[dict, ...]
     postprocess: str | None = None  # callbacks.case_scoring.postprocess of its test: its scores are post-processed
+    annotation: dict | None = None  # a semi-automatic run's effort per test scan: mode, slices, strokes
 
     @property
     def setting(self) -> tuple[str, str | None, str, str]:
@@ -118,6 +121,11 @@ def read_run(path: Path) -> Run | Skipped:
     problem = out_of_range(results) or not_its_test_cases(cases, identity, task_config, config.get("data"))
     if problem:
         return Skipped(path, f"{metrics}: {problem}", refused=True)
+    annotation = None
+    if isinstance(config.get("data"), dict) and config["data"].get("interaction"):
+        annotation = read_annotation(path)
+        if isinstance(annotation, str):
+            return Skipped(path, annotation, refused=True)
     fold = identity.get("fold")
     num_folds = None
     if task_config.get("has_folds", identity["task"] in DEFAULT_NUM_FOLDS):
@@ -135,7 +143,25 @@ def read_run(path: Path) -> Run | Skipped:
         num_folds=num_folds,
         cases=tuple(cases),
         postprocess=((config.get("callbacks") or {}).get("case_scoring") or {}).get("postprocess"),
+        annotation=annotation,
     )
+
+
+def read_annotation(path: Path) -> dict | str:
+    """A semi-automatic run's annotation cost per test scan ({"mode", "slices_per_scan", "strokes_per_scan"}) from
+    its annotation.json, or why it cannot be read."""
+    file = path / ANNOTATION_FILE
+    fix = "test the run again, or remove the run folder"
+    try:
+        effort = json.loads(file.read_text(encoding="utf-8"))
+        modes = {case["mode"] for case in effort["cases"].values()}
+        cost = {"slices_per_scan": float(effort["slices_per_scan"]),
+                "strokes_per_scan": float(effort["strokes_per_scan"])}
+    except FileNotFoundError:
+        return f"a semi-automatic run without {file} (its annotation cost): {fix}"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        return f"unreadable {file} ({type(error).__name__}: {error}): {fix}"
+    return {"mode": "/".join(sorted(modes)), **cost}
 
 
 def read_config(path: Path) -> dict:

@@ -6,6 +6,10 @@ a method; "per fold" over the cases of one fold (all its seeds). A structure tha
 (all NaN, e.g. the lungs on MosMed, whose truth annotates infection only) is left out of that set's table.
 Aggregated rows are "long": one per (task, source, subtask, variant, name[, fold], dataset, structure,
 metric).
+
+A semi-automatic method's rows carry its annotation cost, read from its runs' annotation.json: the slices drawn per
+test scan (and the scribble strokes, in scribble mode). A network draws nothing on a test scan (its cost is the
+fully labelled training scans), so its cost cells are empty (`–` in the tables).
 """
 
 from __future__ import annotations
@@ -79,8 +83,9 @@ IDENTITY_COLUMNS = ["task", "source", "subtask", "variant", "name"]
 STAT_COLUMNS = ["dataset", "structure", "metric", "mean", "std", "n", "nan"]
 BASELINE_COLUMNS = [f"{kind}_{dims.lower()}{suffix}" for dims in BASELINES
                     for kind, suffix in (("published", "_mean"), ("published", "_std"), ("diff", ""))]
-SUMMARY_COLUMNS = [*IDENTITY_COLUMNS, *STAT_COLUMNS, "folds", "runs", *BASELINE_COLUMNS]
-PER_FOLD_COLUMNS = [*IDENTITY_COLUMNS, "fold", *STAT_COLUMNS, "seeds", "runs", *BASELINE_COLUMNS]
+COST_COLUMNS = ["interaction", "slices_per_scan", "strokes_per_scan"]  # a semi-automatic method's annotation cost
+SUMMARY_COLUMNS = [*IDENTITY_COLUMNS, *STAT_COLUMNS, "folds", "runs", *COST_COLUMNS, *BASELINE_COLUMNS]
+PER_FOLD_COLUMNS = [*IDENTITY_COLUMNS, "fold", *STAT_COLUMNS, "seeds", "runs", *COST_COLUMNS, *BASELINE_COLUMNS]
 CASE_COLUMNS = [*IDENTITY_COLUMNS, "model", "fold", "seed", "run", "Name", "dataset", *metric_columns(STRUCTURES)]
 
 
@@ -146,6 +151,7 @@ def aggregate(runs: list[Run], per_fold: bool = False) -> list[dict]:
         about = dict(zip(IDENTITY_COLUMNS, method, strict=True)) | {
             "fold": fold, "dataset": dataset, "runs": len(used),
             "folds": _join({run.fold for run in used}), "seeds": _join({run.seed for run in used})}
+        about |= annotation_cost(used)
         for structure, spec in STRUCTURES.items():
             values = {metric: [case.get(spec.column(metric), math.nan) for _, case in items] for metric in METRICS}
             if all(math.isnan(value) for metric_values in values.values() for value in metric_values):
@@ -159,6 +165,24 @@ def aggregate(runs: list[Run], per_fold: bool = False) -> list[dict]:
                     row |= {f"published_{key}_mean": mean, f"published_{key}_std": std, f"diff_{key}": diff}
                 rows.append(row)
     return rows
+
+
+def annotation_cost(runs: list[Run]) -> dict:
+    """The mean slices and strokes drawn per test scan over `runs` (semi-automatic), or empty cells (networks)."""
+    efforts = [run.annotation for run in runs if run.annotation is not None]
+    if not efforts:
+        return dict.fromkeys(COST_COLUMNS)
+    return {"interaction": "/".join(sorted({effort["mode"] for effort in efforts})),
+            "slices_per_scan": sum(effort["slices_per_scan"] for effort in efforts) / len(efforts),
+            "strokes_per_scan": sum(effort["strokes_per_scan"] for effort in efforts) / len(efforts)}
+
+
+def cost_text(row: dict) -> str:
+    """'3 slices', '3 slices, 41.5 strokes' (scribbles) or '–' (a network)."""
+    if row["slices_per_scan"] is None:
+        return "–"
+    text = f"{row['slices_per_scan']:g} slice{'' if row['slices_per_scan'] == 1 else 's'}"
+    return f"{text}, {row['strokes_per_scan']:.1f} strokes" if row["interaction"] == "scribbles" else text
 
 
 def case_rows(runs: list[Run]) -> list[dict]:
@@ -201,6 +225,7 @@ def markdown_tables(rows: list[dict], per_fold: bool) -> str:
         structures = [s for s in STRUCTURES if any(row["structure"] == s for row in section)]
         cells = [(s, m) for s in structures for m in METRICS]
         header = ["fold", "method", "seeds"] if per_fold else ["method", "folds", "runs"]
+        header.insert(header.index("method") + 1, "drawn per test scan")
         header += ["cases", *(f"{STRUCTURE_LABELS[s]} {METRICS[m]}" for s, m in cells)]
         lines = [f"### {setting_label(tuple(setting))} — {dataset_label(dataset, setting[0])}", "",
                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -226,7 +251,8 @@ def _fold_lines(rows: list[dict], cells: list[tuple], digits: int, per_fold: boo
         cases = max(row["n"] + row["nan"] for row in row_of.values())
         folds = any_row["folds"].replace(";", ", ") or "–"
         meta = [any_row["seeds"]] if per_fold else [folds, str(any_row["runs"])]
-        lines.append(_line([*lead, name, *meta, str(cases)], [_ours(row_of.get(c), digits) for c in cells]))
+        lines.append(_line([*lead, name, cost_text(any_row), *meta, str(cases)],
+                           [_ours(row_of.get(c), digits) for c in cells]))
     if rows[0]["task"] not in TASKS:
         return lines  # a custom task: nothing was published for it
     for dims in BASELINES if not per_fold else ("3D",):
@@ -234,7 +260,7 @@ def _fold_lines(rows: list[dict], cells: list[tuple], digits: int, per_fold: boo
         published_cells = [first.get(c, {}).get(f"published_{key}_mean") for c in cells]
         if per_fold and all(value is None for value in published_cells):
             continue  # per fold, a baseline row only where the benchmark published that fold
-        blanks = [""] if per_fold else ["", ""]
+        blanks = ["", ""] if per_fold else ["", "", ""]
         texts = [_published(first.get(c), key, digits) for c in cells]
         lines.append(_line([*lead, f"nnU-Net {dims} (published)", *blanks, ""], texts))
         if all(value is None for value in published_cells):
@@ -278,6 +304,9 @@ def report_markdown(collection: Collection, summary: list[dict], per_fold: list[
         "and prediction) are left out and counted as `(k NaN)`. Published rows are the benchmark's nnU-Net "
         "baselines (Ma et al., Medical Physics 2021); `ours − published` is the difference of the means in "
         "percentage points; `–` means not published (or not computable).", "",
+        "`drawn per test scan` is a semi-automatic method's annotation cost: the axial slices of each test scan "
+        "its simulated user labels (and the scribble strokes, in scribble mode); those slices are left out of its "
+        "scores. A network draws nothing on a test scan (`–`): it was trained on fully labelled scans.", "",
         "## Coverage", "",
     ]
     if collection.missing:
