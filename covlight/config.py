@@ -348,6 +348,7 @@ def check_combination(cfg: DictConfig) -> None:
         if task not in benchmark.TASKS_WITH_FOLDS and fold is not None:  # a fold would name the run's folder
             raise ConfigError(f"{task} has one split and no folds: drop fold={fold}")
         benchmark.check_combination(task, subtask, fold, source, cfg.task.get("variant", "official"))
+    check_side_augmentation(cfg)
     if cfg.model.batch_size < 1:  # torch's own message would not name the key
         raise ConfigError(f"model.batch_size={cfg.model.batch_size}: give the number of patches per batch and "
                           "process, 1 or more")
@@ -357,6 +358,25 @@ def check_combination(cfg: DictConfig) -> None:
         raise ConfigError(
             f"model.patch_size={patch}: give three sizes (x, y, z); a 2D model uses z = 1, a 3D model z > 1"
         )
+
+
+def check_side_augmentation(cfg: DictConfig) -> None:
+    """Left and right lungs are told apart by their side: a mirror along x or a quarter turn would teach (or, at test
+    time, average in) the wrong side."""
+    structures = set(cfg.subtask.structures)
+    if not structures & {"left_lung", "right_lung"}:
+        return
+    augmentation = cfg.data.augmentation
+    mirrored = [("data.augmentation.flip_axes", list(augmentation.flip_axes)),
+                ("model.module.inference.mirror_axes",
+                 list(OmegaConf.select(cfg, "model.module.inference.mirror_axes", default=None) or []))]
+    for key, axes in mirrored:
+        if 0 in axes:
+            raise ConfigError(f"{key}={axes} mirrors along x, which swaps the left and right lungs of "
+                              f"subtask={cfg.subtask.name}: drop axis 0 (axes 1 and 2 keep the sides)")
+    if augmentation.rot90_probability:
+        raise ConfigError(f"data.augmentation.rot90_probability={augmentation.rot90_probability} turns the left and "
+                          f"right lungs of subtask={cfg.subtask.name} out of place: set it to 0 (fine for infection)")
 
 
 def check_custom_task(cfg: DictConfig) -> None:

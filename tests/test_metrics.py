@@ -19,6 +19,7 @@ from surface_distance import lookup_tables
 
 from covlight.benchmark import STRUCTURES
 from covlight.metrics import assd, dice, hd95, normalized_surface_dice, score_case
+from covlight.metrics.masks import as_masks
 from covlight.metrics.surfel_normals import NORMALS_EIGHTHS
 from covlight.metrics.surfels import surfel_area_table
 
@@ -91,12 +92,21 @@ def test_matches_oracles_larger_sweep(kind):
     check_against_oracles([random_case(kind, rng, max_size=64) for _ in range(150)])
 
 
-def test_torch_path_equals_numpy_path():
+def test_cpu_tensors_are_scored_as_numpy_views_without_a_copy():
+    pred, gt = torch.zeros(4, 5, dtype=torch.bool), torch.ones(4, 5, dtype=torch.bool)
+    p, g = as_masks(pred, gt)
+    assert isinstance(p, np.ndarray) and np.shares_memory(p, pred.numpy()) and np.shares_memory(g, gt.numpy())
+
+
+def test_torch_path_equals_numpy_path(monkeypatch):
+    # CPU tensors are scored by numpy; keep them tensors here so that the torch path (an accelerator's) runs
+    monkeypatch.setattr("covlight.metrics.masks.host_views", lambda pred, gt: (pred, gt))
     rng = np.random.default_rng(7)
     for kind in KINDS:
         for _ in range(8):
             pred, gt, spacing, tolerance = random_case(kind, rng)
             tp, tg = torch.from_numpy(pred), torch.from_numpy(gt)
+            assert isinstance(as_masks(tp, tg)[0], torch.Tensor)
             assert dice(tp, tg) == dice(pred, gt)
             assert normalized_surface_dice(tp, tg, spacing, tolerance) == normalized_surface_dice(
                 pred, gt, spacing, tolerance)

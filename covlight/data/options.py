@@ -121,6 +121,7 @@ class Augmentation:
     low_resolution_probability: float = 0.15
     low_resolution_factor: list[float] = field(default_factory=lambda: [1.0, 2.0])
     flip_axes: list[int] = field(default_factory=list)
+    rot90_probability: float = 0.0
     bias_field_probability: float = 0.0
     bias_field_coefficients: float = 0.2
     contrast_probability: float = 0.0

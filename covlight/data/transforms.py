@@ -172,6 +172,31 @@ class RandomHistogramWarp(RandomTransform, tio.IntensityTransform):
         return HistogramWarp(factors, **self._get_base_args())(subject)
 
 
+class Rot90(tio.SpatialTransform):
+    """Rotate every image of the subject by `quarters` x 90 degrees in the axial plane (axes x, y), labels too."""
+
+    def __init__(self, quarters: int, **kwargs):
+        super().__init__(**kwargs)
+        self.quarters = int(quarters)
+        self.args_names = ["quarters"]
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        for image in self.get_images(subject):
+            if image.shape[1] != image.shape[2]:
+                raise ConfigError(f"90-degree rotations need square axial patches, got {tuple(image.shape[1:])}: "
+                                  "set model.patch_size=[n,n,z] or data.augmentation.rot90_probability=0")
+            image.set_data(torch.rot90(image.data, self.quarters, dims=(1, 2)).contiguous())
+        return subject
+
+
+class RandomRot90(RandomTransform, tio.SpatialTransform):
+    """`Rot90` by 1, 2 or 3 quarters, drawn uniformly: an infection model names no side, so a rotated or flipped
+    slice is another plausible slice (not so for left and right lungs; the config refuses it there)."""
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        return Rot90(int(torch.randint(1, 4, ())), **self._get_base_args())(subject)
+
+
 def _rotated_half_extents(half: np.ndarray, axis: int, degrees: float) -> np.ndarray:
     """The half extents of the bounding box of a box of half extents `half` rotated about `axis` by any angle up to
     `degrees` either way."""
@@ -305,7 +330,8 @@ class RandomAffineCrop(RandomTransform, tio.SpatialTransform):
 
 
 def augmentation_preset(spatial_dims: int, options: Augmentation | None, patch_size: Sequence[int]) -> tio.Compose:
-    """The nnU-Net-spirit preset: affine, gamma, noise, blur, simulated low resolution (and flips if asked), for
+    """The nnU-Net-spirit preset: affine, gamma, noise, blur, simulated low resolution (and flips and 90-degree
+    rotations if asked), for
     patches drawn by a sampler told `affine_range(spatial_dims, options)`: it draws a patch that is to get the affine
     (with `affine_probability`) larger, with its context, and the affine crops it to `patch_size`.
 
@@ -331,6 +357,8 @@ def augmentation_preset(spatial_dims: int, options: Augmentation | None, patch_s
     ]
     if a.flip_axes:
         transforms.insert(1, tio.RandomFlip(axes=tuple(a.flip_axes), flip_probability=0.5))
+    if a.rot90_probability:
+        transforms.insert(1, RandomRot90(p=a.rot90_probability))
     if a.bias_field_probability:
         transforms.append(tio.RandomBiasField(coefficients=a.bias_field_coefficients, p=a.bias_field_probability))
     if a.contrast_probability:

@@ -1,0 +1,335 @@
+"""Which 2D recipe is best on real COVID CT slices? 5-fold cross-validation on the 50 doctor-labelled COVID-SemiSeg
+training slices (binary infection masks), every arm at the same budget of optimizer steps (issue 19).
+
+Each held-out slice is predicted through covlight.predict (the path a user takes: the original JPEG in, the
+foreground probability at the picture's own size out) and scored two ways: covlight's DSC and NSD (the benchmark's
+infection tolerance, 3 px: slices have no spacing), and the threshold-averaged Dice the COVID-SemiSeg papers report
+(covlight.metrics.threshold_dice), with the hard Dice of the argmax beside it.
+
+    python benchmarks/slices_study.py --shared ../shared/data --out benchmarks/results/slices_study.json
+
+It is long on 2 cores, so it is resumable: each arm x fold x seed writes its own result file under
+<work>/results/ the moment it is scored, and a rerun skips what exists (a run killed while training resumes from
+its last checkpoint: resume=auto). `--arms`, `--folds` and `--seeds` choose a part (screen on 2 folds first);
+the JSON summarises whatever result files exist, saying which are missing. `--quick` checks the whole path in a
+few minutes (tiny budget, its own work folder); its figures mean nothing.
+
+Arms without training of their own: `tta` predicts the `default` runs with test-time mirroring; `ensemble:<arm>`
+averages the probabilities of that arm's seeds (models trained on the same slices; a cross-validated stand-in for
+nnU-Net's 5-fold ensemble, whose members each see 4/5 of the data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_info  # noqa: E402
+from nnunet_v2_arm import NnUNetV2  # noqa: E402
+
+from covlight.atomic import write_json  # noqa: E402
+from covlight.benchmark import METRICS_FILE, STRUCTURES  # noqa: E402
+from covlight.data.custom_split import custom_split  # noqa: E402
+from covlight.metrics import dice, normalized_surface_dice  # noqa: E402
+from covlight.metrics.threshold_dice import THRESHOLDS, dice_per_threshold  # noqa: E402
+
+DATASET, POOL = "semiseg", "semiseg_pool"
+TRAIN_FOLDER = "covid_semiseg_train/TrainingSet/LungInfection-Train/Doctor-label"
+POOL_FOLDER = "covid_semiseg_unlabelled"
+NUM_FOLDS, SPLIT_SEED = 5, 0
+TOLERANCE = STRUCTURES["infection"].tolerance_mm
+DSC = STRUCTURES["infection"].dsc_column
+
+# Every arm is the base run plus its overrides. The base is covlight's default 2D recipe on a custom task.
+BASE = ["task=custom", f"task.name={DATASET}", "subtask=infection", "model=unet2d", "logger=none",
+        "print_config=false", "callbacks.progress_bar.refresh_rate=0", "callbacks.case_scoring.save_predictions=false",
+        "data.sampling.num_workers=1", "data.validation.patches=20", "resume=auto"]
+FLIPS = ["data.augmentation.flip_axes=[0,1]", "data.augmentation.rot90_probability=0.5"]
+RESIZE = ["data.slices.policy=resize", "data.slices.size=[256,256]"]
+SEMI = [f"data.unlabelled.datasets=[{POOL}]"]
+TRAINED = {
+    "default": [],
+    "flips_rot90": FLIPS,
+    "resize": RESIZE,
+    "adamw": ["optimizer=adamw"],
+    "narrow": ["model.module.net.features_per_stage=[16,32,64,128,256,256]"],
+    "wide": ["model.module.net.features_per_stage=[48,96,192,384,512,512]"],
+    "mean_teacher": ["method=mean_teacher", *SEMI],
+    "ua_mt": ["method=ua_mt", *SEMI],
+    "cps": ["method=cps", *SEMI],
+    "entropy_min": ["method=entropy_min", *SEMI],
+}
+PREDICTED = {"tta": "default"}  # arm -> the trained arm whose runs it predicts (with --mirror)
+REFERENCE = "nnunet_v2"  # nnU-Net v2's own 2d configuration, in its own environment (benchmarks/nnunet_v2_arm.py)
+SCREEN = ["default", "flips_rot90", "resize", "adamw", "narrow", "wide", "tta"]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    work = args.work.expanduser().resolve()
+    source = args.shared.expanduser().resolve()
+    if not (source / TRAIN_FOLDER / "Imgs").is_dir():
+        print(f"{source / TRAIN_FOLDER} not found: give --shared the folder that holds covid_semiseg_train",
+              file=sys.stderr)
+        return 2
+    arms = args.arms.split(",") if args.arms else SCREEN
+    unknown = [a for a in arms if a not in TRAINED and a not in PREDICTED and a != REFERENCE
+               and not a.startswith("ensemble:")]
+    if unknown:
+        print(f"unknown arm(s) {unknown}: choose from {sorted(TRAINED) + sorted(PREDICTED) + [REFERENCE]} or "
+              "ensemble:<arm>", file=sys.stderr)
+        return 2
+    if REFERENCE in arms and not args.nnunet_python:
+        print(f"the {REFERENCE} arm needs --nnunet-python (see benchmarks/nnunet_v2_arm.py)", file=sys.stderr)
+        return 2
+    import_data(source, work, needs_pool=any(a in TRAINED and SEMI[0] in TRAINED[a] for a in arms))
+    jobs = [(arm, fold, seed) for arm in arms for fold in args.folds for seed in
+            ([min(args.seeds)] if arm.startswith("ensemble:") else args.seeds)]
+    for number, (arm, fold, seed) in enumerate(jobs, start=1):
+        result = result_file(work, arm, fold, seed)
+        if result.is_file():
+            continue
+        print(f"[{number}/{len(jobs)}] {arm} fold {fold} seed {seed}", flush=True)
+        outcome = run_arm(args, work, source, arm, fold, seed)
+        if outcome is None:
+            print(f"  skipped: {arm} needs its trained runs first", flush=True)
+            continue
+        write_json(result, outcome)
+        print(f"  threshold-averaged Dice {outcome['threshold_dice']:.4f}, hard Dice {outcome['hard_dice']:.4f}, "
+              f"DSC {outcome['dsc']:.4f}, NSD {outcome['nsd']:.4f} ({outcome['train_seconds']:.0f} s training)",
+              flush=True)
+    write_json(args.out, summary(args, work, arms))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shared", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--work", type=Path, default=Path("~/.cache/covlight/slices_study"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/slices_study.json"))
+    parser.add_argument("--arms", help=f"comma-separated (default: the screen, {','.join(SCREEN)})")
+    parser.add_argument("--folds", type=lambda s: [int(x) for x in s.split(",")], default=list(range(NUM_FOLDS)))
+    parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0])
+    parser.add_argument("--epochs", type=int, default=12, help="the budget: epochs x batches per epoch steps")
+    parser.add_argument("--batches", type=int, default=25, help="optimizer steps per epoch")
+    parser.add_argument("--batch-size", type=int, default=12)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of each training run (OMP_NUM_THREADS)")
+    parser.add_argument("--nnunet-python", type=Path, help=f"the python of nnU-Net v2's environment ({REFERENCE})")
+    parser.add_argument("--quick", action="store_true", help="a tiny budget and net, to check the path end to end")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.epochs, args.batches, args.batch_size = 1, 2, 2
+        args.work = args.work.with_name(args.work.name + "_quick")
+    return args
+
+
+def import_data(source: Path, work: Path, needs_pool: bool) -> None:
+    """The labelled slices (255 -> infection) and, for the semi-supervised arms, the unlabelled pool, imported once."""
+    data = work / "data"
+    if not (data / DATASET / "dataset.json").is_file():
+        prepare(["--src", str(source / TRAIN_FOLDER), "--name", DATASET, "--images", "Imgs/*.jpg",
+                 "--labels", "GT/*.png", "--label-map", "255:3", "--intensity", "8bit", "--dest", str(data)])
+    if needs_pool and not (data / POOL / "dataset.json").is_file():
+        prepare(["--src", str(source / POOL_FOLDER), "--name", POOL, "--images", "Imgs/*.jpg", "--labels", "none",
+                 "--intensity", "8bit", "--dest", str(data)])
+
+
+def prepare(arguments: list[str]) -> None:
+    subprocess.run([sys.executable, "-m", "covlight.prepare", "folder", *arguments], check=True)
+
+
+def held_out(work: Path, fold: int) -> list[str]:
+    split = custom_split([DATASET], str(work / "data"), fold, NUM_FOLDS, ["infection"], seed=SPLIT_SEED)
+    return sorted(split.test[DATASET], key=int)
+
+
+def result_file(work: Path, arm: str, fold: int, seed: int) -> Path:
+    return work / "results" / arm.replace(":", "-") / f"fold{fold}-seed{seed}.json"
+
+
+def overrides(args, work: Path, arm: str, fold: int, seed: int) -> list[str]:
+    budget = [f"trainer.max_epochs={args.epochs}", f"data.sampling.batches_per_epoch={args.batches}",
+              f"model.batch_size={args.batch_size}"]
+    if args.quick:
+        budget += ["model.module.net.features_per_stage=[8,16,32]", "model.module.net.strides=[1,2,2]",
+                   "model.patch_size=[64,64,1]", "data.validation.patches=2"]
+    return [*BASE, *budget, *TRAINED[arm], f"name={arm}", f"fold={fold}", f"seed={seed}",
+            f"paths.data_dir={work / 'data'}", f"paths.output_root={work / 'runs'}"]
+
+
+def finished_run(work: Path, arm: str, fold: int, seed: int) -> Path | None:
+    parent = work / "runs" / DATASET / "infection" / arm / f"fold{fold}-seed{seed}"
+    for folder in sorted(parent.glob("*"), reverse=True):
+        status = folder / "status.json"
+        if status.is_file() and json.loads(status.read_text()).get("state") == "finished":
+            return folder
+    return None
+
+
+def train(args, work: Path, arm: str, fold: int, seed: int) -> tuple[Path, float]:
+    """Train (or resume) one run; its wall time counts only the time spent in this call's training process."""
+    run = finished_run(work, arm, fold, seed)
+    if run is not None:
+        return run, float(json.loads((run / "study_seconds.json").read_text())["seconds"]) \
+            if (run / "study_seconds.json").is_file() else float("nan")
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "covlight", *overrides(args, work, arm, fold, seed)], check=True, env=env)
+    seconds = time.perf_counter() - start
+    run = finished_run(work, arm, fold, seed)
+    if run is None:
+        raise RuntimeError(f"{arm} fold {fold} seed {seed}: the run ended without a finished run folder")
+    write_json(run / "study_seconds.json", {"seconds": seconds})
+    return run, seconds
+
+
+def run_arm(args, work: Path, source: Path, arm: str, fold: int, seed: int) -> dict | None:
+    cases = held_out(work, fold)
+    tag = f"{arm.replace(':', '-')}-fold{fold}-seed{seed}"
+    if arm == REFERENCE:
+        return reference_arm(args, work, source, fold, seed, cases, tag)
+    if arm in TRAINED:
+        run, seconds = train(args, work, arm, fold, seed)
+        runs, mirror = [run], False
+    elif arm in PREDICTED:
+        run = finished_run(work, PREDICTED[arm], fold, seed)
+        if run is None:
+            return None
+        runs, mirror, seconds = [run], True, 0.0
+    else:
+        member = arm.split(":", 1)[1]
+        runs = [finished_run(work, member, fold, s) for s in args.seeds]
+        if len(runs) < 2 or None in runs:
+            return None
+        mirror, seconds = False, 0.0
+    probabilities = predict(work, source, runs, cases, mirror, tag)
+    tested = run_test_dsc(runs[0]) if arm in TRAINED else None
+    return score(source, cases, probabilities) | {"run_test_dsc": tested,
+        "arm": arm, "fold": fold, "seed": seed, "runs": [str(r) for r in runs], "train_seconds": seconds,
+        "steps": args.epochs * args.batches, "batch_size": args.batch_size,
+        "overrides": TRAINED.get(arm, []), "mirror": mirror}
+
+
+def reference_arm(args, work: Path, source: Path, fold: int, seed: int, cases: list[str], tag: str) -> dict:
+    """nnU-Net v2 on the same fold and number of steps (its own batch size, said in the result); one seed."""
+    nnunet = NnUNetV2(args.nnunet_python, work)
+    everything = sorted(json.loads((work / "data" / DATASET / "dataset.json").read_text())["cases"], key=int)
+    nnunet.prepare(source / TRAIN_FOLDER / "Imgs", source / TRAIN_FOLDER / "GT", everything,
+                   [held_out(work, k) for k in range(NUM_FOLDS)])
+    start = time.perf_counter()
+    model = nnunet.train(fold, args.epochs, args.batches)
+    seconds = time.perf_counter() - start
+    probabilities = nnunet.predict(fold, cases, work / "predictions" / tag)
+    return score(source, cases, probabilities) | {
+        "arm": REFERENCE, "fold": fold, "seed": seed, "runs": [str(model)], "train_seconds": seconds,
+        "steps": args.epochs * args.batches, "batch_size": nnunet.batch_size(), "overrides": [], "mirror": True,
+        "run_test_dsc": None}
+
+
+def predict(work: Path, source: Path, runs: list[Path], cases: list[str], mirror: bool, tag: str) -> dict:
+    """The foreground probability of each held-out slice, at the picture's own size, as covlight.predict gives it."""
+    inputs = work / "inputs" / tag
+    inputs.mkdir(parents=True, exist_ok=True)
+    for case in cases:
+        link = inputs / f"{case}.jpg"
+        if not link.exists():
+            link.symlink_to(source / TRAIN_FOLDER / "Imgs" / f"{case}.jpg")
+    output = work / "predictions" / tag
+    command = [sys.executable, "-m", "covlight.predict", "--input", str(inputs), "--output", str(output),
+               "--probabilities", "--overwrite", "--device", "cpu"]
+    for run in runs:
+        command += ["--run", str(run)]
+    subprocess.run(command + (["--mirror"] if mirror else []), check=True)
+    return {case: np.load(output / "probabilities" / f"{case}_infection.npy") for case in cases}
+
+
+def run_test_dsc(run: Path) -> float:
+    """The run's own test phase score (canonical data, covlight's sliding window): predict's path must agree."""
+    with open(run / METRICS_FILE, newline="") as handle:
+        values = [float(row[DSC]) for row in csv.DictReader(handle) if row.get(DSC)]
+    return float(np.mean(values))
+
+
+def score(source: Path, cases: list[str], probabilities: dict) -> dict:
+    per_image = []
+    for case in cases:
+        truth = np.asarray(Image.open(source / TRAIN_FOLDER / "GT" / f"{case}.png").convert("L")) > 127
+        probability = probabilities[case]
+        hard = probability >= 0.5
+        overlap = np.logical_and(hard, truth).sum()
+        per_image.append({
+            "case": case,
+            "dice_per_threshold": dice_per_threshold(probability, truth).tolist(),
+            # the papers' rule at the one threshold 0.5 of the raw probability: 0 without a true positive
+            "hard_dice": float(2 * overlap / (hard.sum() + truth.sum())) if overlap else 0.0,
+            # the benchmark's: NaN when slice and prediction are both empty (left out of the mean)
+            "dsc": dice(hard, truth),
+            "nsd": normalized_surface_dice(hard, truth, (1.0, 1.0), TOLERANCE),
+        })
+    curve = np.mean([image["dice_per_threshold"] for image in per_image], axis=0)
+    return {"images": per_image, "threshold_dice": float(curve.mean()),
+            "hard_dice": mean_of(per_image, "hard_dice"), "dsc": mean_of(per_image, "dsc"),
+            "nsd": mean_of(per_image, "nsd")}
+
+
+def mean_of(rows: list[dict], key: str) -> float:
+    values = [row[key] for row in rows if not np.isnan(row[key])]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def summary(args, work: Path, arms: list[str]) -> dict:
+    """Per arm: the threshold-averaged Dice over every scored image (each seed apart, then mean and spread over
+    seeds), hard Dice, DSC and NSD, and which fold x seed files are still missing."""
+    table = {}
+    for arm in arms:
+        results = [json.loads(p.read_text()) for p in sorted((work / "results" / arm.replace(":", "-")).glob("*.json"))]
+        by_seed = {}
+        for result in results:
+            by_seed.setdefault(result["seed"], []).extend(result["images"])
+        seeds = {}
+        for seed, images in sorted(by_seed.items()):
+            curve = np.mean([image["dice_per_threshold"] for image in images], axis=0)
+            seeds[seed] = {"images": len(images), "threshold_dice": round(float(curve.mean()), 4),
+                           **{k: round(mean_of(images, k), 4) for k in ("hard_dice", "dsc", "nsd")}}
+        done = {(r["fold"], r["seed"]) for r in results}
+        wanted = {(f, s) for f in args.folds for s in ([min(args.seeds)] if arm.startswith("ensemble:") else args.seeds)}
+        table[arm] = {
+            "overrides": TRAINED.get(arm, []), "per_seed": seeds,
+            "folds_done": sorted({r["fold"] for r in results}),
+            "missing": [f"fold{f}-seed{s}" for f, s in sorted(wanted - done)],
+            "train_seconds_per_fold": round(statistics.mean([r["train_seconds"] for r in results]), 1)
+            if results else None,
+            **{f"{k}_mean": round(statistics.mean([s[k] for s in seeds.values()]), 4) if seeds else None
+               for k in ("threshold_dice", "hard_dice", "dsc", "nsd")},
+            **{f"{k}_seed_spread": round(max(s[k] for s in seeds.values()) - min(s[k] for s in seeds.values()), 4)
+               if len(seeds) > 1 else None for k in ("threshold_dice", "hard_dice")},
+        }
+    return {
+        "benchmark": "slices_study",
+        "complete": all(not row["missing"] for row in table.values()),
+        "data": f"{TRAIN_FOLDER} (50 slices, binary infection masks), {NUM_FOLDS} folds from split seed {SPLIT_SEED}",
+        "budget": {"steps": args.epochs * args.batches, "batch_size": args.batch_size, "epochs": args.epochs,
+                   "torch_threads": args.threads, "quick": args.quick},
+        "scores": "threshold_dice: as the COVID-SemiSeg papers (256 thresholds of the per-image min-max normalised "
+                  "probability, 0 without a true positive); hard_dice: the same rule at p >= 0.5 only; dsc, nsd: "
+                  "covlight's (the benchmark's), NaN for an empty slice predicted empty, 3 px NSD tolerance",
+        "thresholds": len(THRESHOLDS),
+        "machine": machine_info(),
+        "arms": table,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
