@@ -328,6 +328,12 @@ class SegmentationDataModule(pl.LightningDataModule):
             simulated.append(record if full else replace(record, annotated_slices=slices))
         return simulated, rest
 
+    def simulated_records(self) -> list[CaseRecord]:
+        """The labelled training cases whose sparse annotation is simulated from a full label file (their full truth
+        is known on every slice)."""
+        return [r for r in self.labelled_records
+                if r.annotated_slices is not None and self._dataset(r.dataset).annotated_slices(r.case_id) is None]
+
     def annotation_budget(self) -> dict:
         """What the training labels cost: labelled cases, annotated axial slices in all and per case (written to
         the run folder as annotation_budget.json; the efficiency curves read it)."""
