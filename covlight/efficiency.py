@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes-per-slice", type=float, metavar="M", help="also show minutes at M per slice")
     parser.add_argument("--dry-run", action="store_true", help="print the runs and their state, run nothing")
     parser.add_argument("overrides", nargs="*", help="covlight overrides common to every run")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     args.out = args.out.resolve()
     try:
         jobs = plan(args)
