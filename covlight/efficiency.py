@@ -13,10 +13,10 @@ report of the runs with the efficiency plot and table (`python -m covlight.repor
   --seeds 0,1,2            run seeds; the seed also chooses the labelled cases and (random) slices
   OVERRIDES                covlight overrides common to every run (task=..., subtask=..., model=..., trainer...)
 
-Runs land in DIR/runs/<run id>/ (their name: `<name>-budget-c<cases>-s<slices>`), logs in DIR/logs/, the report in
-DIR/report/. Rerunning the same command skips finished runs and continues a killed one (resume=auto), so a long
-study may be stopped and restarted. With a semi-supervised method, the training cases left without a label join its
-unlabelled pool (data.sparse_annotation.rest_unlabelled). Exit status 1 when a run failed (listed at the end).
+Runs land in DIR/runs/<run id>/ (named `<name>-budget-c<cases>-s<slices>[-<strategy>]`), logs in DIR/logs/, the
+report in DIR/report/. Rerunning the same command skips finished runs and continues a killed one (resume=auto), so a
+long study may be stopped and restarted. With a semi-supervised method, the training cases left without a label join
+its unlabelled pool (data.sparse_annotation.rest_unlabelled). Exit status 1 when a run failed (listed at the end).
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ PROG = "covlight.efficiency"
 class Job:
     method: str
     overrides: tuple[str, ...]  # the method's own
+    task: str
+    subtask: str
     name: str  # the run's name at this budget
     cases: int | None
     slices: int | None
@@ -49,6 +51,10 @@ class Job:
     def label(self) -> str:
         fold = "" if self.fold is None else f" fold {self.fold}"
         return (f"{self.method}: {self.cases or 'all'} cases x {self.slices or 'all'} slices{fold} seed {self.seed}")
+
+    @property
+    def identity(self) -> tuple:
+        return self.task, self.subtask, self.name, self.fold, self.seed
 
 
 def _budget_list(text: str, what: str) -> list[int | None]:
@@ -81,8 +87,8 @@ def points(cases: list[int | None], slices: list[int | None], cross: bool) -> li
     return sorted(dict.fromkeys(pairs), key=lambda p: (big if p[0] is None else p[0], big if p[1] is None else p[1]))
 
 
-def base_name(overrides: list[str]) -> str:
-    """The run name covlight gives these overrides (the recipe's or the model's), from the composed config."""
+def identity_of(overrides: list[str]) -> tuple[str, str, str]:
+    """(task, subtask, run name) covlight gives these overrides (the name: the recipe's or the model's)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -92,7 +98,8 @@ def base_name(overrides: list[str]) -> str:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            return str(compose(config_name="config", overrides=overrides).name)
+            cfg = compose(config_name="config", overrides=overrides)
+            return str(cfg.task.name), str(cfg.subtask.name), str(cfg.name)
     except HydraException as error:
         raise ConfigError(f"the overrides {' '.join(overrides)} do not compose: {error}") from None
     finally:
@@ -103,22 +110,23 @@ def plan(args) -> list[Job]:
     jobs = []
     for spec in args.method or ["supervised"]:
         method, *own = shlex.split(spec)
-        name = base_name([*args.overrides, f"method={method}", *own])
+        task, subtask, name = identity_of([*args.overrides, f"method={method}", *own])
         for cases, slices in points(args.cases, args.slices, args.cross):
             for fold in args.folds or [None]:
                 for seed in args.seeds:
-                    jobs.append(Job(method, tuple(own), budget_name(name, cases, slices), cases, slices, fold, seed))
+                    name_at = budget_name(name, cases, slices, args.strategy)
+                    jobs.append(Job(method, tuple(own), task, subtask, name_at, cases, slices, fold, seed))
     return jobs
 
 
 def finished(runs: Path) -> set[tuple]:
-    """(name, fold, seed) of the finished runs under `runs`."""
+    """(task, subtask, name, fold, seed) of the finished runs under `runs`."""
     done = set()
     for path in find_run_dirs([runs]) if runs.is_dir() else []:
         status = read_status(path)
         identity = status.get("identity") or {}
         if status.get("state") == "finished":
-            done.add((identity.get("name"), identity.get("fold"), identity.get("seed")))
+            done.add(tuple(identity.get(key) for key in ("task", "subtask", "name", "fold", "seed")))
     return done
 
 
@@ -157,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     except CovlightError as error:
         return report_error(PROG, error)
     done = finished(args.out / "runs")
-    todo = [job for job in jobs if (job.name, job.fold, job.seed) not in done]
+    todo = [job for job in jobs if job.identity not in done]
     print(f"{PROG}: {len(jobs)} runs, {len(jobs) - len(todo)} finished earlier, {len(todo)} to run", flush=True)
     if args.dry_run:
         for job in jobs:

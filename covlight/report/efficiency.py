@@ -45,9 +45,11 @@ def method_of(name: str) -> str:
     return name.split(BUDGET_MARK)[0]
 
 
-def budget_name(name: str, cases: int | None, slices: int | None) -> str:
-    """A run's name at a budget: `<name>-budget-c<n|all>-s<k|all>` (its own run identity, so points never mix)."""
-    return f"{name}{BUDGET_MARK}c{'all' if cases is None else cases}-s{'all' if slices is None else slices}"
+def budget_name(name: str, cases: int | None, slices: int | None, strategy: str = "evenly") -> str:
+    """A run's name at a budget: `<name>-budget-c<n|all>-s<k|all>[-<strategy>]` (its own run identity, so points
+    never mix; the strategy is named when it is not the default, evenly)."""
+    name = f"{name}{BUDGET_MARK}c{'all' if cases is None else cases}-s{'all' if slices is None else slices}"
+    return name if strategy == "evenly" or slices is None else f"{name}-{strategy}"
 
 
 def line_of(cases: int | None, slices: int | None) -> list[str]:
