@@ -252,10 +252,11 @@ def test_dataset_json_lists_partial_cases(sparse_root):
 SPARSE_3D = [
     "task=task1", "subtask=lung", "fold=0", "logger=none", "model=unet3d", "model.patch_size=[32,32,16]",
     "model.batch_size=2", "model.module.net.features_per_stage=[8,16,32]",
-    "model.module.net.strides=[[1,1,1],[2,2,2],[2,2,2]]", "trainer=cpu", "trainer.max_epochs=8",
-    "data.sampling.batches_per_epoch=25", "data.sampling.samples_per_volume=4", "data.sampling.patch_buffer=16",
-    "data.sampling.num_workers=0", "data.validation.patches=4", "trainer.limit_val_batches=1",
-    "callbacks.case_scoring.save_predictions=false", "callbacks.case_scoring.overlay_cases=0", "print_config=false",
+    "model.module.net.strides=[[1,1,1],[2,2,2],[2,2,2]]", "optimizer=adamw", "model.module.optimizer.lr=0.003",
+    "trainer=cpu", "trainer.max_epochs=6", "data.sampling.batches_per_epoch=50", "data.sampling.samples_per_volume=16",
+    "data.sampling.patch_buffer=32", "data.sampling.num_workers=0", "data.validation.patches=4",
+    "trainer.limit_val_batches=1", "callbacks.case_scoring.save_predictions=false",
+    "callbacks.case_scoring.overlay_cases=0", "print_config=false",
 ]
 
 
@@ -265,7 +266,7 @@ def lung_dsc(rows) -> float:
 
 @pytest.mark.slow
 def test_3d_model_on_a_tenth_of_the_slices_keeps_most_of_the_full_label_dsc(phantom_root, tmp_path):
-    """A 3D U-Net on task 1 fold 0's 4 phantoms (lungs), 200 steps, with every slice labelled and with 2 slices per
+    """A 3D U-Net on task 1 fold 0's 4 phantoms (lungs), 300 AdamW steps, with every slice labelled and with 2 slices per
     case (~10% of their 16-24), evenly spaced. Measured (this config, 2 loaded CPU cores): FULL_FIGURE.
     Asserted with margin: the sparse model keeps at least SPARSE_BOUND of the full-label DSC."""
     bound = 0.0
@@ -285,4 +286,6 @@ def test_3d_model_on_a_tenth_of_the_slices_keeps_most_of_the_full_label_dsc(phan
     with open(tmp_path / "sparse" / "metrics_training_slices.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert {r["slices"] for r in rows} == {"annotated", "unannotated"} and len(rows) == 8
+    print(f"lung DSC on the 16 test cases: {scores}; training cases simulated sparse: " + "; ".join(
+        f"{kind} slices {lung_dsc([r for r in rows if r['slices'] == kind]):.3f}" for kind in ("annotated", "unannotated")))
     assert scores["sparse"] >= bound * scores["full"], scores

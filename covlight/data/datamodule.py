@@ -368,14 +368,10 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.records["train"], rest = self._annotation_budget(self.records["train"])
         self.labelled_records = list(self.records["train"])  # inner validation cases are part of the budget too
         if self.unlabelled:
+            rest = rest if self.sparse_annotation.rest_unlabelled else []  # training cases left without a label
             pool = (pool_lists(self.unlabelled.datasets, self.split, lambda name: self._dataset(name).cases)
-                    if self.unlabelled.datasets else {})
-            self.records["unlabelled"] = self._records(pool, "the unlabelled pool", need_labels=False)
-            if self.sparse_annotation.rest_unlabelled:
-                self.records["unlabelled"] += rest
-            if not self.records["unlabelled"]:
-                raise DatasetError("the unlabelled pool is empty: name datasets in data.unlabelled.datasets, or leave "
-                                   "training cases unlabelled with data.sparse_annotation.cases")
+                    if self.unlabelled.datasets or not rest else {})
+            self.records["unlabelled"] = self._records(pool, "the unlabelled pool", need_labels=False) + rest
         inner = self.validation.inner_cases
         if inner and not self.records["val"]:
             if inner >= len(self.records["train"]):
