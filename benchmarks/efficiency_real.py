@@ -70,6 +70,10 @@ def settings(args) -> tuple[list[str], list[str]]:
     return options, overrides
 
 
+def _number(cell: str) -> float | None:
+    return None if cell == "" else float(cell)
+
+
 def summarise(study: Path, out: Path | None, args, exit_status: int) -> dict:
     with open(study / "report" / "efficiency.csv") as handle:
         rows = [row for row in csv.DictReader(handle) if row["line"] == "labelled cases"]
@@ -79,8 +83,8 @@ def summarise(study: Path, out: Path | None, args, exit_status: int) -> dict:
         "complete": exit_status == 0, "runs_found": len(runs),
         "points": [{"method": r["method"], "labelled_slices": r["labelled_cases"],
                     "annotated_slices": float(r["annotated_slices"]), "structure": r["structure"],
-                    "metric": r["metric"], "mean": float(r["mean"]), "ci95": [float(r["ci95_low"]),
-                                                                           float(r["ci95_high"])],
+                    "metric": r["metric"], "mean": float(r["mean"]),
+                    "ci95": [_number(r["ci95_low"]), _number(r["ci95_high"])],  # none from a single run
                     "runs": int(r["runs"])} for r in rows],
     }
     if out is not None:
@@ -108,9 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     result = summarise(args.work / "study", out, args, status)
     for point in result["points"]:
         if point["metric"] == "dsc":
+            low, high = point["ci95"]
+            spread = "" if low is None else f" [{100 * low:.1f}, {100 * high:.1f}]"
             print(f"{point['method']:>18} {point['labelled_slices']:>4} labelled slices: LesionDSC "
-                  f"{100 * point['mean']:.1f} [{100 * point['ci95'][0]:.1f}, {100 * point['ci95'][1]:.1f}] "
-                  f"({point['runs']} runs)")
+                  f"{100 * point['mean']:.1f}{spread} ({point['runs']} runs)")
     return status
 
 

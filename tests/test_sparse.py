@@ -236,6 +236,19 @@ def test_training_and_validation_patches_hold_annotated_voxels(phantom_root, dim
         assert any((patch == UNKNOWN_LABEL).any() for patch in batches[0])
 
 
+def test_training_cases_left_without_a_label_join_the_unlabelled_pool(phantom_root):
+    cases = ["coronacases_001", "coronacases_002", "coronacases_003"]
+    datamodule = module(phantom_root, "covid19_ct_seg", cases, unlabelled={"datasets": [], "ratio": 1.0},
+                        sparse_annotation={"cases": 1})
+    datamodule.setup("fit")
+    labelled = [r.case_id for r in datamodule.records["train"]]
+    assert len(labelled) == 1 and sorted(labelled + [r.case_id for r in datamodule.records["unlabelled"]]) == cases
+    alone = module(phantom_root, "covid19_ct_seg", cases, unlabelled={"datasets": [], "ratio": 1.0},
+                   sparse_annotation={"cases": 1, "rest_unlabelled": False})
+    with pytest.raises(DatasetError, match="data.unlabelled.datasets is empty"):
+        alone.setup("fit")
+
+
 def test_budget_larger_than_the_training_cases_is_refused(phantom_root):
     datamodule = module(phantom_root, "covid19_ct_seg", ["coronacases_001"], sparse_annotation={"cases": 3})
     with pytest.raises(ConfigError, match=r"data.sparse_annotation.cases=3 exceeds the split's 1 training cases"):
