@@ -266,7 +266,7 @@ SPARSE_3D = [
     "task=task1", "subtask=lung", "fold=0", "logger=none", "model=unet3d", "model.patch_size=[32,32,16]",
     "model.batch_size=2", "model.module.net.features_per_stage=[8,16,32]",
     "model.module.net.strides=[[1,1,1],[2,2,2],[2,2,2]]", "optimizer=adamw", "model.module.optimizer.lr=0.003",
-    "trainer=cpu", "trainer.max_epochs=6", "data.sampling.batches_per_epoch=50", "data.sampling.samples_per_volume=16",
+    "trainer=cpu", "trainer.max_epochs=2", "data.sampling.batches_per_epoch=50", "data.sampling.samples_per_volume=16",
     "data.sampling.patch_buffer=32", "data.sampling.num_workers=0", "data.validation.patches=4",
     "trainer.limit_val_batches=1", "callbacks.case_scoring.save_predictions=false",
     "callbacks.case_scoring.overlay_cases=0", "print_config=false",
@@ -279,10 +279,13 @@ def lung_dsc(rows) -> float:
 
 @pytest.mark.slow
 def test_3d_model_on_a_tenth_of_the_slices_keeps_most_of_the_full_label_dsc(phantom_root, tmp_path):
-    """A 3D U-Net on task 1 fold 0's 4 phantoms (lungs), 300 AdamW steps, with every slice labelled and with 2 slices per
-    case (~10% of their 16-24), evenly spaced. Measured (this config, 2 loaded CPU cores): FULL_FIGURE.
-    Asserted with margin: the sparse model keeps at least SPARSE_BOUND of the full-label DSC."""
-    bound = 0.0
+    """A 3D U-Net on task 1 fold 0's 4 phantoms (lungs), 100 AdamW steps, with every slice labelled and with 2 slices per
+    case (~10% of their 16-24), evenly spaced. Measured with this config (the same overrides through
+    `python -m covlight`, CPU): mean lung DSC over the 16 test cases 0.537 with full labels, 0.280 with 2 slices per
+    case, a fraction of 0.52; on the sparse model's own training cases, 0.336 on their annotated slices and 0.273 on
+    the unannotated ones (NSD-1mm 0.322 and 0.138). Asserted with margin: the sparse model keeps at least 0.35 of
+    the full-label DSC. (~20 min on 2 heavily loaded cores: two trainings and two tests of 16 cases.)"""
+    bound = 0.35
     import csv
 
     from covlight.train import run
