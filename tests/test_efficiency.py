@@ -95,8 +95,9 @@ TINY = ["task=custom", "task.name=tiny", "task.num_folds=2", "subtask=lung", "lo
 
 @pytest.mark.slow
 def test_efficiency_command_runs_each_point_once_and_resumes(tmp_path, capsys, monkeypatch):
-    """Two budgets x one seed on 4 tiny phantoms (2 folds: 2 training, 2 test cases): two runs, the report with
-    its efficiency section; the same command again runs nothing. (~2 min on 2 loaded cores.)"""
+    """Two budgets (1 case with all its slices; 2 slices of each case) x one seed on 4 tiny phantoms (2 folds: 2
+    training, 2 test cases): two runs, the report with its efficiency section; the same command again runs nothing.
+    (~2 min on 2 loaded cores.)"""
     from covlight.data.synthetic import write_phantom_dataset
 
     write_phantom_dataset(tmp_path / "data" / "tiny", cases=4, seed=0, size="small", progress=False)
@@ -105,12 +106,12 @@ def test_efficiency_command_runs_each_point_once_and_resumes(tmp_path, capsys, m
             *TINY, f"paths.data_dir={tmp_path / 'data'}"]
     assert efficiency(argv) == 0
     out = capsys.readouterr().out
-    assert "3 runs, 0 finished earlier, 3 to run" in out
+    assert "2 runs, 0 finished earlier, 2 to run" in out
     runs = sorted((tmp_path / "study" / "runs" / "tiny" / "lung").iterdir())
-    assert [r.name for r in runs] == ["unet2d-budget-c1-sall", "unet2d-budget-call-s2", "unet2d-budget-call-sall"]
+    assert [r.name for r in runs] == ["unet2d-budget-c1-sall", "unet2d-budget-call-s2"]
     budget = json.loads(next(runs[1].glob("fold0-seed0/*/annotation_budget.json")).read_text())
     assert budget["labelled_cases"] == 2 and budget["annotated_slices"] == 4
     assert next(runs[1].glob("fold0-seed0/*/metrics_training_slices.csv")).is_file()
     assert "## Annotation efficiency" in (tmp_path / "study" / "report" / "report.md").read_text()
     assert efficiency(argv) == 0
-    assert "3 runs, 3 finished earlier, 0 to run" in capsys.readouterr().out
+    assert "2 runs, 2 finished earlier, 0 to run" in capsys.readouterr().out
