@@ -17,6 +17,9 @@ from covlight.errors import ConfigError
 # Canonical label values of every label map covlight writes or reads.
 LABELS = {"background": 0, "left_lung": 1, "right_lung": 2, "infection": 3}
 STRUCTURE_OF_VALUE = {value: name for name, value in LABELS.items()}
+# "Not annotated": a voxel of a sparsely annotated case whose class nobody drew (README "Sparse annotations"). Loss,
+# sampler and validation ignore it; it is never a class, and a case holding it is never a test case.
+UNKNOWN_LABEL = 255
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ STRUCTURES = MappingProxyType({
 })
 METRICS_FILE = "metrics.csv"  # a run's per-case scores
 ANNOTATION_FILE = "annotation.json"  # a semi-automatic run's annotation effort per test case (its cost in the report)
+ANNOTATION_BUDGET_FILE = "annotation_budget.json"  # what a run's training labels cost (cases, annotated slices)
 BENCHMARK_METRICS = ("dsc", "nsd")  # the benchmark's columns, per structure
 METRICS = (*BENCHMARK_METRICS, "hd95", "assd")  # what covlight.evaluate can add (medpy's HD95 and ASSD)
 

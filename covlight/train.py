@@ -13,8 +13,8 @@ from hydra.utils import get_class, instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from covlight.atomic import write_text
-from covlight.benchmark import METRICS_FILE
+from covlight.atomic import write_json, write_text
+from covlight.benchmark import ANNOTATION_BUDGET_FILE, METRICS_FILE
 from covlight.callbacks.checkpoint import LastCheckpoint, checkpoint_position, load_checkpoint
 from covlight.callbacks.scoring import CaseScoring
 from covlight.cluster import check_launch, export_distributed_env, job_tasks, lightning_workers_join
@@ -216,6 +216,9 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, resuming: bool) -> dict:
     elif cfg.test_only and cfg.ckpt_path:
         test_checkpoint = str(given_checkpoint(cfg))
     trainer.test(module, datamodule=datamodule, ckpt_path=test_checkpoint, weights_only=True)
+    budget = getattr(datamodule, "annotation_budget", None)
+    if trains and budget is not None:  # what the training labels cost (README "Annotation-efficiency curves")
+        rank_zero_only(write_json)(run_dir / ANNOTATION_BUDGET_FILE, budget())
     scoring = next(c for c in callbacks if isinstance(c, CaseScoring))
     rank_zero_only(print_summary)(scoring.summary, run_dir)
     return {"test": scoring.summary, "validation": validation}

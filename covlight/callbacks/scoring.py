@@ -21,7 +21,15 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 
 from covlight.atomic import write_json
-from covlight.benchmark import ANNOTATION_FILE, LABELS, METRICS_FILE, STRUCTURES, columns, structure_metric
+from covlight.benchmark import (
+    ANNOTATION_FILE,
+    LABELS,
+    METRICS_FILE,
+    STRUCTURES,
+    UNKNOWN_LABEL,
+    columns,
+    structure_metric,
+)
 from covlight.callbacks.overlays import save_overlay
 from covlight.data.canonical import read_nifti, save_nifti
 from covlight.errors import ConfigError, DatasetError
@@ -32,11 +40,13 @@ from covlight.postprocess import largest_component, parse_spec
 SEEDED_METRICS_FILE = "metrics_with_seed_slices.csv"  # a semi-automatic run's scores on the whole volume
 
 
-def load_truth(label_path: str, device: torch.device) -> tuple[torch.Tensor, tuple[float, ...]]:
-    """A ground-truth label map on `device` and its spacing (from the header, as the benchmark's script)."""
+def load_truth(label_path: str, device: torch.device, partial: bool = False) -> tuple[torch.Tensor, tuple[float, ...]]:
+    """A ground-truth label map on `device` and its spacing (from the header, as the benchmark's script).
+    `partial`: a partially annotated case, whose UNKNOWN_LABEL voxels are allowed."""
     data, label_file = read_nifti(Path(label_path))
     truth = torch.from_numpy(np.asarray(data, dtype=np.uint8)).to(device)
-    unexpected = sorted(set(torch.unique(truth).tolist()) - set(LABELS.values()))
+    allowed = set(LABELS.values()) | ({UNKNOWN_LABEL} if partial else set())
+    unexpected = sorted(set(torch.unique(truth).tolist()) - allowed)
     if unexpected:
         raise DatasetError(f"{label_path}: unexpected label values {unexpected}; canonical labels are {LABELS}. "
                            "Re-import with the right label mapping.")
@@ -44,18 +54,21 @@ def load_truth(label_path: str, device: torch.device) -> tuple[torch.Tensor, tup
 
 
 def score_against_truth(prediction: torch.Tensor, label_path: str, structures, annotated,
-                        without_slices=()) -> dict[str, float]:
+                        without_slices=(), partial: bool = False) -> dict[str, float]:
     """Score a prediction on its original grid against the case's ground truth, for the structures the
     ground truth annotates; the other columns are NaN. `without_slices`: axial (z) slices removed from both
-    before scoring (a semi-automatic method's seed slices)."""
-    truth, spacing = load_truth(label_path, prediction.device)
+    before scoring (a semi-automatic method's seed slices, a partially annotated case's unannotated slices); a
+    slice holding UNKNOWN_LABEL (not annotated) voxels of a `partial` case is removed too."""
+    truth, spacing = load_truth(label_path, prediction.device, partial)
     if tuple(truth.shape) != tuple(prediction.shape):
         raise RuntimeError(
             f"{label_path}: shape {tuple(truth.shape)} differs from the prediction's {tuple(prediction.shape)}; "
             "the case's geometry changed since the dataset was imported."
         )
-    if without_slices:
-        kept = torch.tensor([z for z in range(truth.shape[2]) if z not in set(without_slices)], dtype=torch.long,
+    unknown = (truth == UNKNOWN_LABEL).any(dim=(0, 1))
+    if without_slices or unknown.any():
+        dropped = set(without_slices) | set(torch.nonzero(unknown).flatten().tolist())
+        kept = torch.tensor([z for z in range(truth.shape[2]) if z not in dropped], dtype=torch.long,
                             device=truth.device)
         truth, prediction = truth[:, :, kept], prediction[:, :, kept]
     scores = {c: math.nan for c in columns(structures)}

@@ -2,6 +2,7 @@
 
 Cheap patch-level pseudo-Dice runs every epoch; this costs a sliding-window prediction per case, so it is off
 by default. Task 1 has no in-domain held-out cases, so it scores training cases (monitoring only, never test cases).
+A partially annotated case is scored on its annotated axial slices only.
 """
 
 from __future__ import annotations
@@ -28,14 +29,17 @@ class WholeCaseValidation(pl.Callback):
                                  datamodule.preprocessing(with_label=False))
         results = CaseResults(columns(self.structures))
         for index in range(trainer.global_rank, len(cases), trainer.world_size):
-            case = cases[index]
+            case, record = cases[index], cases.records[index]
+            unannotated = () if record.annotated_slices is None else sorted(
+                set(range(record.shape[2])) - set(record.annotated_slices))
             probabilities = pl_module.predict_volume(case["image"].to(pl_module.device))
             prediction = pl_module.labels_on_grid(probabilities, case["original_shape"].tolist())
             results.append({"Name": case["case_id"], "dataset": case["dataset"],
                             **score_against_truth(prediction,
                                                   datamodule.label_path(case["dataset"], case["case_id"]),
                                                   self.structures,
-                                                  case["annotated"])})
+                                                  case["annotated"], without_slices=unannotated,
+                                                  partial=record.annotated_slices is not None)})
         for dataset, per_column in results.gathered().summary().items():
             for column, stats in per_column.items():
                 structure, metric = structure_metric(column)

@@ -1,7 +1,8 @@
 """The canonical dataset folder: the one layout everything downstream of `prepare` reads.
 
     <root>/images/<case>.nii.gz   float32, 0..255 (HU windowed to [-1250, 250] and scaled)
-    <root>/labels/<case>.nii.gz   uint8, canonical values (0 bg, 1 left lung, 2 right lung, 3 infection)
+    <root>/labels/<case>.nii.gz   uint8, canonical values (0 bg, 1 left lung, 2 right lung, 3 infection; 255 not
+                                  annotated, in a partially annotated case)
     <root>/dataset.json           written last: its presence marks the folder complete
 
 Arrays are in nibabel's (x, y, z) order, RAS+ orientation; spacing in the same order (mm).
@@ -18,7 +19,7 @@ import nibabel as nib
 import numpy as np
 
 from covlight.atomic import replacing, write_json
-from covlight.benchmark import LABELS
+from covlight.benchmark import LABELS, UNKNOWN_LABEL
 from covlight.errors import DatasetError
 
 FORMAT_VERSION = 1
@@ -78,10 +79,19 @@ def write_case(
     if label is not None:
         if label.shape != image.shape:
             raise DatasetError(f"{case_id}: label shape {label.shape} differs from image shape {image.shape}")
+        label = np.asarray(label, dtype=np.uint8)
         label_path = root / "labels" / f"{case_id}.nii.gz"
-        save_nifti(label_path, np.asarray(label, dtype=np.uint8), affine)
+        save_nifti(label_path, label, affine)
         entry["label_sha256"] = sha256_of(label_path)
+        unknown = label == UNKNOWN_LABEL
+        if unknown.any():
+            entry["annotated_slices"] = annotated_slices_of(label)
     return entry
+
+
+def annotated_slices_of(label: np.ndarray) -> list[int]:
+    """The axial (z) slices of a label volume that hold at least one annotated voxel (not UNKNOWN_LABEL)."""
+    return [int(z) for z in np.flatnonzero((label != UNKNOWN_LABEL).any(axis=(0, 1)))]
 
 
 def write_dataset_json(root: Path, name: str, cases: dict, annotated: list[str], **extra) -> Path:
@@ -94,7 +104,9 @@ def write_dataset_json(root: Path, name: str, cases: dict, annotated: list[str],
         "name": name,
         **extra,
         "labels": LABELS,
+        "unknown_label": UNKNOWN_LABEL,
         "annotated": list(annotated),
+        "partial_cases": sorted(c for c, entry in cases.items() if "annotated_slices" in entry),
         "cases": cases,
     }
     path = Path(root) / "dataset.json"
@@ -186,6 +198,12 @@ class CanonicalDataset:
 
     def has_label(self, case_id: str) -> bool:
         return "label_sha256" in self.cases[case_id]
+
+    def annotated_slices(self, case_id: str) -> tuple[int, ...] | None:
+        """The axial slices of a partially annotated case that hold annotated voxels (its label file marks the rest
+        UNKNOWN_LABEL); None for a fully annotated case."""
+        slices = self.cases[case_id].get("annotated_slices")
+        return None if slices is None else tuple(int(z) for z in slices)
 
     def require(self, case_ids, what: str = "the split") -> None:
         """Fail with one clear message when `case_ids` name cases this dataset does not hold."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -35,12 +35,14 @@ from covlight.data.options import (
     Preprocessing,
     Sampling,
     Slices,
+    SparseAnnotation,
     Unlabelled,
     Validation,
     as_options,
 )
 from covlight.data.patches import PatchStream, drawing_from, stream_seed
 from covlight.data.sampling import ForegroundSampler
+from covlight.data.sparse import SUBJECT_KEY, HideUnannotated, labelled_case_order, simulated_slices
 from covlight.data.transforms import (
     CheckCase,
     ResizeSlice,
@@ -71,6 +73,13 @@ class CaseRecord:
     shape: tuple[int, int, int]
     intensity: str
     annotated: tuple[str, ...]
+    # A partially annotated case (imported so, or under data.sparse_annotation): the axial slices that keep their
+    # label (the other voxels are UNKNOWN_LABEL); None: fully annotated.
+    annotated_slices: tuple[int, ...] | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}/{self.case_id}"
 
 
 def target_spacing_of(spacings: Sequence[Sequence[float]], anisotropy_ratio: float = 3.0) -> tuple[float, ...]:
@@ -219,6 +228,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         augmentation: Augmentation | Mapping | None = None,
         unlabelled: Unlabelled | Mapping | None = None,
         interaction: Interaction | Mapping | None = None,
+        sparse_annotation: SparseAnnotation | Mapping | None = None,
         seed: int = 0,
     ):
         super().__init__()
@@ -241,6 +251,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         # Semi-automatic methods only (covlight.train checks): seeds from each test case's truth.
         self.seeding = (SeedingStep(as_options(Interaction, interaction), self.label_values)
                         if interaction is not None else None)
+        self.sparse_annotation = as_options(SparseAnnotation, sparse_annotation)
         self.seed = int(seed)
         self._streams: list[PatchStream] = []  # the training loaders' streams, told each epoch's number
         self.epoch = 0  # the epoch the streams draw for (set_epoch)
@@ -251,6 +262,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.target_spacing: tuple[float, ...] | None = None
         self.histogram_landmarks: list[float] | None = None
         self.records: dict[str, list[CaseRecord]] = {}
+        self.labelled_records: list[CaseRecord] = []
         self._datasets: dict[str, CanonicalDataset] = {}  # dataset.json of each dataset, read once
         for warning in split.warnings:
             warnings.warn(warning, stacklevel=2)
@@ -289,8 +301,48 @@ class SegmentationDataModule(pl.LightningDataModule):
                     shape=tuple(int(n) for n in entry["shape"]),
                     intensity=entry.get("intensity"),
                     annotated=tuple(dataset.annotated),
+                    annotated_slices=dataset.annotated_slices(case_id) if has_label else None,
                 ))
         return records
+
+    def _annotation_budget(self, records: list[CaseRecord]) -> tuple[list[CaseRecord], list[CaseRecord]]:
+        """`data.sparse_annotation` applied to the training cases: (the cases that keep a label, each with the
+        axial slices it keeps; the cases left without one)."""
+        budget = self.sparse_annotation
+        rest: list[CaseRecord] = []
+        if budget.cases is not None:
+            if budget.cases > len(records):
+                raise ConfigError(f"data.sparse_annotation.cases={budget.cases} exceeds the split's "
+                                  f"{len(records)} training cases; use at most {len(records)}")
+            order = labelled_case_order(len(records), budget.seed)
+            kept = sorted(order[:budget.cases])
+            rest = [records[i] for i in sorted(order[budget.cases:])]
+            records = [records[i] for i in kept]
+        if budget.slices_per_case is None:
+            return records, rest
+        simulated = []
+        for record in tqdm(records, desc="sparse annotation", unit="case", leave=False, disable=None):
+            slices = simulated_slices(record.label_path, self.label_values, budget, record.dataset, record.case_id,
+                                      record.annotated_slices)
+            full = record.annotated_slices is None and len(slices) == record.shape[2]
+            simulated.append(record if full else replace(record, annotated_slices=slices))
+        return simulated, rest
+
+    def simulated_records(self) -> list[CaseRecord]:
+        """The labelled training cases whose sparse annotation is simulated from a full label file (their full truth
+        is known on every slice)."""
+        return [r for r in self.labelled_records
+                if r.annotated_slices is not None and self._dataset(r.dataset).annotated_slices(r.case_id) is None]
+
+    def annotation_budget(self) -> dict:
+        """What the training labels cost: labelled cases, annotated axial slices in all and per case (written to
+        the run folder as annotation_budget.json; the efficiency curves read it)."""
+        per_case = {r.key: len(r.annotated_slices) if r.annotated_slices is not None else r.shape[2]
+                    for r in self.labelled_records}
+        options = self.sparse_annotation
+        return {"labelled_cases": len(per_case), "annotated_slices": int(sum(per_case.values())),
+                "slices_per_case": options.slices_per_case, "cases": options.cases, "strategy": options.strategy,
+                "seed": options.seed, "per_case": per_case}
 
     def _dataset(self, name: str) -> CanonicalDataset:
         if name not in self._datasets:
@@ -306,9 +358,20 @@ class SegmentationDataModule(pl.LightningDataModule):
                                              optional=self.cases.optional_test_sets)
         if self.cases.test_in_domain:  # tasks 2 and 3: the held-out lists are scored too, as in-domain results
             self.records["test"] = self.records["val"] + self.records["test"]
+        partial = [r for r in self.records["test"] if r.annotated_slices is not None]
+        if partial:
+            raise DatasetError(
+                f"{partial[0].label_path}: case {partial[0].case_id} is partially annotated (dataset.json lists "
+                f"its annotated slices) but the split makes it a test case ({len(partial)} such case(s)); a test "
+                "case must be annotated in full. Put it among the training cases (a custom task's "
+                "task.split_file), or import its full mask.")
+        self.records["train"], rest = self._annotation_budget(self.records["train"])
+        self.labelled_records = list(self.records["train"])  # inner validation cases are part of the budget too
         if self.unlabelled:
-            pool = pool_lists(self.unlabelled.datasets, self.split, lambda name: self._dataset(name).cases)
-            self.records["unlabelled"] = self._records(pool, "the unlabelled pool", need_labels=False)
+            rest = rest if self.sparse_annotation.rest_unlabelled else []  # training cases left without a label
+            pool = (pool_lists(self.unlabelled.datasets, self.split, lambda name: self._dataset(name).cases)
+                    if self.unlabelled.datasets or not rest else {})
+            self.records["unlabelled"] = self._records(pool, "the unlabelled pool", need_labels=False) + rest
         inner = self.validation.inner_cases
         if inner and not self.records["val"]:
             if inner >= len(self.records["train"]):
@@ -349,12 +412,14 @@ class SegmentationDataModule(pl.LightningDataModule):
     def preprocessing(self, with_label: bool, pad: bool = False) -> tio.Compose:
         """Deterministic steps shared by training, validation and test (the test inverts the resampling).
 
-        `with_label`: the label becomes class indices. `pad`: the case is padded to at least the patch size, for
+        `with_label`: the label becomes class indices (a partially annotated case's unannotated voxels first become
+        UNKNOWN_LABEL, on its own grid, and stay so). `pad`: the case is padded to at least the patch size, for
         patches to be drawn from it (whole test cases are not: the sliding window covers them).
         """
         steps = image_preprocessing(self.target_spacing, self.slice_size,
                                     self.preprocessing_options.intensity_scaling, self.histogram_landmarks)
         if with_label:
+            steps.insert(1, HideUnannotated())  # after CheckCase, before any resampling
             steps += class_indices(self.label_values)
         if pad:
             steps.append(pad_to_at_least(self.patch_size))
@@ -369,6 +434,8 @@ class SegmentationDataModule(pl.LightningDataModule):
                                   case_id=record.case_id, dataset=record.dataset, intensity=record.intensity)
             if labelled:
                 subject.add_image(tio.LabelMap(record.label_path, reader=read_canonical), "label")
+                if record.annotated_slices is not None:
+                    subject[SUBJECT_KEY] = record.annotated_slices
             subjects.append(subject)
         return tio.SubjectsDataset(subjects, transform=self.preprocessing(with_label=labelled, pad=True))
 

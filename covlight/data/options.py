@@ -18,6 +18,7 @@ INTENSITY_SCALINGS = ("range", "zscore")
 SLICE_POLICIES = ("pad", "resize")
 MISSING_CASES = ("error", "skip")
 INTERACTION_MODES = ("slices", "scribbles")
+SPARSE_STRATEGIES = ("evenly", "random", "most_foreground")
 
 # The checkpoint entry holding the data module's preprocessing (`SegmentationDataModule.preprocessing_state`):
 # written with every checkpoint, read by `covlight.predict` to treat new scans as the model's training scans.
@@ -160,6 +161,29 @@ class Interaction:
 
 
 @dataclass
+class SparseAnnotation:
+    """The annotation budget of the training cases, simulated from their full labels (covlight.data.sparse): only
+    `cases` of the training cases keep a label (None: all), and of each only `slices_per_case` axial slices (None:
+    all), chosen by `strategy` (evenly spaced through the structures' extent, random, or the slices with the most
+    foreground) from `seed`; the other voxels become "not annotated". With `rest_unlabelled`, the training cases
+    left without a label join the unlabelled pool of a semi-supervised method."""
+
+    cases: int | None = None
+    slices_per_case: int | None = None
+    strategy: str = "evenly"
+    seed: int = 0
+    rest_unlabelled: bool = True
+
+    def __post_init__(self):
+        _one_of("sparse_annotation.strategy", self.strategy, SPARSE_STRATEGIES)
+        for key in ("cases", "slices_per_case"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"data.sparse_annotation.{key}={value!r}: give a number of 1 or more, or null "
+                                  "for all")
+
+
+@dataclass
 class DataConfig:
     """The schema of the whole `data` node. `_convert_: object` hands the groups to the module as dataclasses."""
 
@@ -179,6 +203,7 @@ class DataConfig:
     augmentation: Augmentation = field(default_factory=Augmentation)
     unlabelled: Unlabelled | None = None
     interaction: Interaction | None = None
+    sparse_annotation: SparseAnnotation = field(default_factory=SparseAnnotation)
     seed: int = MISSING
 
 

@@ -9,6 +9,8 @@ import torch
 import torchio as tio
 from torchio.data.sampler.sampler import RandomSampler
 
+from covlight.benchmark import UNKNOWN_LABEL
+from covlight.data.sparse import SUBJECT_KEY
 from covlight.data.transforms import AffineRange
 
 
@@ -25,7 +27,13 @@ class ForegroundSampler(RandomSampler):
     still centred on its voxel once the augmentation has cropped it), and padded as the case is padded (image
     minimum, background) where it reaches beyond the case. With a `foreground_fraction` of 0 no label is read (an
     unlabelled case has none).
+
+    In a partially annotated case (covlight.data.sparse) patches are drawn only where labels are known: foreground
+    voxels are annotated ones, and a random patch is redrawn until it holds an annotated voxel (after
+    `RANDOM_TRIES` misses, it is centred on an annotated voxel drawn uniformly).
     """
+
+    RANDOM_TRIES = 20
 
     def __init__(self, patch_size, foreground_fraction: float = 0.33, label_name: str = "label",
                  affine: AffineRange | None = None):
@@ -41,6 +49,8 @@ class ForegroundSampler(RandomSampler):
         patch = np.asarray(self.patch_size, dtype=int)
         highest_start = shape - patch
         foreground = None
+        partial = SUBJECT_KEY in subject and self.label_name in subject
+        known = None
         lowest: dict[str, float] = {}  # each image's minimum, to pad with beyond the case
         produced = 0
         while num_patches is None or produced < num_patches:
@@ -54,6 +64,19 @@ class ForegroundSampler(RandomSampler):
                     start = np.clip(centre - patch // 2, 0, highest_start)
             if start is None:
                 start = np.array([int(torch.randint(int(h) + 1, ())) for h in highest_start])
+                if partial:
+                    label = subject[self.label_name].data[0]
+                    for _ in range(self.RANDOM_TRIES):
+                        if _holds_known(label, start, patch):
+                            break
+                        start = np.array([int(torch.randint(int(h) + 1, ())) for h in highest_start])
+                    else:
+                        if known is None:
+                            known = torch.nonzero((label != UNKNOWN_LABEL).reshape(-1)).squeeze(1)
+                        if len(known):
+                            centre = np.array(np.unravel_index(int(known[int(torch.randint(len(known), ()))]),
+                                                               shape))
+                            start = np.clip(centre - patch // 2, 0, highest_start)
             yield self._with_context(subject, start, lowest)
             produced += 1
 
@@ -77,14 +100,20 @@ class ForegroundSampler(RandomSampler):
         return drawn
 
 
+def _holds_known(label: torch.Tensor, start: np.ndarray, patch: np.ndarray) -> bool:
+    window = tuple(slice(int(s), int(s) + int(p)) for s, p in zip(start, patch, strict=True))
+    return bool((label[window] != UNKNOWN_LABEL).any())
+
+
 def foreground_voxels(label: torch.Tensor) -> list[torch.Tensor]:
-    """Flat (row-major) indices of the voxels of each foreground class present, classes in ascending order.
+    """Flat (row-major) indices of the voxels of each foreground class present, classes in ascending order
+    (UNKNOWN_LABEL, not annotated, is no class).
 
     One pass over the volume and one over its foreground (not `unique` + a `nonzero` per class over the whole
     volume, which took seconds per case at a CT's size); the same voxels in the same order as before.
     """
     flat = label.reshape(-1)
-    where = torch.nonzero(flat).squeeze(1)
+    where = torch.nonzero((flat != 0) & (flat != UNKNOWN_LABEL)).squeeze(1)
     values = flat[where].long()
     present = torch.bincount(values).nonzero().squeeze(1).tolist() if len(values) else []
     return [where[values == c] for c in present]

@@ -20,9 +20,10 @@ import torch
 import torchio as tio
 from torchio.transforms.augmentation import RandomTransform
 
-from covlight.benchmark import LABELS
+from covlight.benchmark import LABELS, UNKNOWN_LABEL
 from covlight.data.canonical import INTENSITY_KINDS
 from covlight.data.options import INTENSITY_SCALINGS, Augmentation
+from covlight.data.sparse import SUBJECT_KEY
 from covlight.errors import ConfigError, DatasetError
 
 # Stored images are 0..255 whatever the source kind (docs/ARCHITECTURE.md); this is the range each kind is scaled from.
@@ -86,6 +87,12 @@ class CheckCase(tio.Transform):
             label = subject["label"]
             values = set(torch.unique(label.data).tolist())
             unexpected = sorted(values - set(LABELS.values()))
+            if unexpected == [UNKNOWN_LABEL] and SUBJECT_KEY not in subject:
+                raise DatasetError(
+                    f"{label.path}: holds {UNKNOWN_LABEL} (not annotated) voxels, but dataset.json does not list the "
+                    "case as partially annotated (no annotated_slices in its entry). Re-import the dataset with "
+                    "covlight.prepare, which records them.")
+            unexpected = [v for v in unexpected if v != UNKNOWN_LABEL or SUBJECT_KEY not in subject]
             if unexpected:
                 raise DatasetError(
                     f"{label.path}: unexpected label values {unexpected}; canonical labels are "

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from covlight.benchmark import STRUCTURE_OF_VALUE
+from covlight.benchmark import STRUCTURE_OF_VALUE, UNKNOWN_LABEL
 from covlight.data.options import PREPROCESSING_KEY
 from covlight.inference import sliding_window_predict
 from covlight.methods.losses import DiceCELoss, deep_supervision_loss
@@ -128,8 +128,9 @@ class SupervisedSegmentation(pl.LightningModule):
         logits = logits[0] if isinstance(logits, (list, tuple)) else logits
         self.log("val/loss", self.loss(logits, target), on_epoch=True, batch_size=image.shape[0], sync_dist=True)
         prediction = logits.argmax(1)
+        known = target != UNKNOWN_LABEL  # sparse annotations: voxels nobody annotated are not counted
         for index in range(1, len(self.label_values)):
-            predicted, actual = prediction == index, target == index
+            predicted, actual = (prediction == index) & known, target == index
             self._val_counts[0, index] += (predicted & actual).sum()
             self._val_counts[1, index] += (predicted & ~actual).sum()
             self._val_counts[2, index] += (~predicted & actual).sum()

@@ -2,7 +2,9 @@
 
 RUNS are run folders or any folders above them (e.g. outputs/). Writes DIR/report.md (coverage, pooled and
 per-fold tables beside the published nnU-Net baselines, plots), DIR/summary.csv, DIR/per_fold.csv,
-DIR/cases.csv, DIR/boxplot_dsc.png and DIR/boxplot_nsd.png. Everything is written to a temporary folder next
+DIR/cases.csv, DIR/boxplot_dsc.png and DIR/boxplot_nsd.png; when runs trained on an annotation budget
+(data.sparse_annotation, covlight.efficiency), also DIR/efficiency.csv and DIR/efficiency.png (score against
+annotated slices, 95% intervals) and their section in report.md. Everything is written to a temporary folder next
 to DIR and moved into place when whole (report.md last); an existing DIR/report.md is replaced only with
 --force. Progress goes to stderr, a short summary table to stdout. A finished run whose metrics.csv cannot be used
 (unreadable, cut off, a score outside 0..1, not exactly the test cases of its split) is left out, named in a
@@ -29,6 +31,8 @@ from covlight.benchmark import STRUCTURES
 from covlight.errors import WORK_FAILED, report_error
 from covlight.metrics.results import write_csv
 from covlight.report.collect import Collection, collect, setting_label
+from covlight.report.efficiency import COLUMNS as EFFICIENCY_COLUMNS
+from covlight.report.efficiency import draw_efficiency, efficiency_markdown, efficiency_rows
 from covlight.report.plots import draw_boxplots
 from covlight.report.tables import (
     CASE_COLUMNS,
@@ -43,6 +47,7 @@ from covlight.report.tables import (
 PROG = "covlight.report"
 REPORT_FILE = "report.md"
 PLOTS = {"dsc": "boxplot_dsc.png", "nsd": "boxplot_nsd.png"}
+EFFICIENCY_PLOT = "efficiency.png"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="run folders or folders above them")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the report")
     parser.add_argument("--force", action="store_true", help=f"replace an existing DIR/{REPORT_FILE}")
+    parser.add_argument("--minutes-per-slice", type=float, metavar="M",
+                        help="annotation-efficiency curves: also give the annotation spent in minutes at M per slice")
     args = parser.parse_args(argv)
+    if args.minutes_per_slice is not None and args.minutes_per_slice <= 0:
+        parser.error("--minutes-per-slice must be positive")
     err = Console(stderr=True, highlight=False, soft_wrap=True)
 
     absent = [str(path) for path in args.runs if not path.is_dir()]
@@ -78,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     err.print(f"finished runs: {len(collection.runs)}, skipped run folders: {len(collection.skipped)}; "
               "writing tables and plots")
     summary = aggregate(collection.runs)
-    write_report(args.out, collection, summary, aggregate(collection.runs, per_fold=True), roots)
+    write_report(args.out, collection, summary, aggregate(collection.runs, per_fold=True), roots,
+                 efficiency_rows(collection.runs, args.minutes_per_slice), args.minutes_per_slice)
     Console().print(summary_table(summary))
     err.print(f"report: {args.out / REPORT_FILE}")
     if refused:
@@ -88,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_report(out: Path, collection: Collection, summary: list[dict], per_fold: list[dict],
-                 roots: list[str]) -> None:
+                 roots: list[str], efficiency: list[dict] | None = None, minutes_per_slice: float | None = None) -> None:
     """Write every file into a temporary folder beside `out`, then move them into `out`, report.md last."""
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.parent / f".partial-{out.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -100,7 +110,12 @@ def write_report(out: Path, collection: Collection, summary: list[dict], per_fol
         for metric, file in PLOTS.items():
             draw_boxplots(collection.runs, metric, partial / file)
         titles = {f"Per-case {metric.upper()}": file for metric, file in PLOTS.items()}
-        (partial / REPORT_FILE).write_text(report_markdown(collection, summary, per_fold, roots, titles), encoding="utf-8")
+        markdown = report_markdown(collection, summary, per_fold, roots, titles)
+        if efficiency:
+            write_csv(partial / "efficiency.csv", efficiency, EFFICIENCY_COLUMNS)
+            draw_efficiency(efficiency, partial / EFFICIENCY_PLOT, minutes_per_slice)
+            markdown += "\n" + efficiency_markdown(efficiency, EFFICIENCY_PLOT)
+        (partial / REPORT_FILE).write_text(markdown, encoding="utf-8")
         if not out.exists():
             os.replace(partial, out)
             return

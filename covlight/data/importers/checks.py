@@ -11,6 +11,7 @@ import re
 import numpy as np
 from scipy import ndimage
 
+from covlight.benchmark import UNKNOWN_LABEL
 from covlight.data.canonical import HU_WINDOW, hu_to_0_255
 from covlight.data.importers.volumes import Volume
 from covlight.errors import CovlightError, DatasetError
@@ -87,8 +88,13 @@ def _fraction(array: np.ndarray) -> float:
     return float(array[array != np.rint(array)].flat[0])
 
 
+UNMAPPED_FIX = ("Give a label map that covers them (--label-map VALUE:0 drops a structure; VALUE:unknown marks "
+                "voxels nobody annotated, e.g. 128:unknown).")
+
+
 class LabelMap:
-    """Source label values -> canonical values, parsed from text such as "1:3,2:3" or "3:1,7-11:1,2:2".
+    """Source label values -> canonical values, parsed from text such as "1:3,2:3" or "3:1,7-11:1,2:2"; the target
+    `unknown` (e.g. "128:unknown") marks voxels nobody annotated (UNKNOWN_LABEL, sparse annotations).
 
     Value 0 maps to 0 unless given; any other value not in the map stops the import (never silently dropped).
     """
@@ -96,18 +102,21 @@ class LabelMap:
     def __init__(self, mapping: dict[int, int], text: str = ""):
         self.mapping = {0: 0, **mapping}
         self.text = text or ",".join(f"{k}:{v}" for k, v in mapping.items())
-        bad = {v for v in self.mapping.values() if v not in (0, 1, 2, 3)}
+        bad = {v for v in self.mapping.values() if v not in (0, 1, 2, 3, UNKNOWN_LABEL)}
         if bad:
-            raise CovlightError(f"label map {self.text!r}: targets {sorted(bad)} are not canonical labels (0-3)")
+            raise CovlightError(f"label map {self.text!r}: targets {sorted(bad)} are not canonical labels (0-3) "
+                                "nor 'unknown'")
 
     @classmethod
     def parse(cls, text: str) -> LabelMap:
         mapping = {}
         for item in filter(None, (part.strip() for part in text.split(","))):
-            match = re.fullmatch(r"(\d+)(?:-(\d+))?:(\d+)", item)
+            match = re.fullmatch(r"(\d+)(?:-(\d+))?:(\d+|unknown)", item)
             if not match:
-                raise CovlightError(f"label map item {item!r} is not SOURCE:TARGET or FIRST-LAST:TARGET (e.g. 1:3,4-6:0)")
-            first, last, target = int(match[1]), int(match[2] or match[1]), int(match[3])
+                raise CovlightError(f"label map item {item!r} is not SOURCE:TARGET or FIRST-LAST:TARGET (e.g. "
+                                    "1:3,4-6:0,128:unknown)")
+            first, last = int(match[1]), int(match[2] or match[1])
+            target = UNKNOWN_LABEL if match[3] == "unknown" else int(match[3])
             mapping.update(dict.fromkeys(range(first, last + 1), target))
         if not mapping:
             raise CovlightError(f"label map {text!r} is empty; give SOURCE:TARGET pairs such as 1:3")
@@ -119,7 +128,7 @@ class LabelMap:
         if unexpected:
             raise DatasetError(
                 f"{name}: unexpected label values {unexpected[:10]} (expected {sorted(self.mapping)}). "
-                f"{fix or 'Give a label map that covers them (e.g. --label-map with VALUE:0 to drop a structure).'}"
+                f"{fix or UNMAPPED_FIX}"
             )
         out = np.zeros(values.shape, np.uint8)
         for value in present:
