@@ -112,6 +112,7 @@ def main(argv=None) -> int:
         print(f"  threshold-averaged Dice {outcome['threshold_dice']:.4f}, hard Dice {outcome['hard_dice']:.4f}, "
               f"DSC {outcome['dsc']:.4f}, NSD {outcome['nsd']:.4f} ({outcome['train_seconds']:.0f} s training)",
               flush=True)
+        write_json(args.out, summary(args, work, arms))  # after each result: an interrupted study still says what it has
     write_json(args.out, summary(args, work, arms))
     print(f"wrote {args.out}")
     return 0
