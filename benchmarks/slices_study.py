@@ -11,7 +11,8 @@ infection tolerance, 3 px: slices have no spacing), and the threshold-averaged D
 It is long on 2 cores, so it is resumable: each arm x fold x seed writes its own result file under
 <work>/results/ the moment it is scored, and a rerun skips what exists (a run killed while training resumes from
 its last checkpoint: resume=auto). `--arms`, `--folds` and `--seeds` choose a part (screen on 2 folds first);
-the JSON summarises whatever result files exist, saying which are missing. `--quick` checks the whole path in a
+the JSON, rewritten after every result (or by `--summary-only`), summarises the result files that exist and names
+the missing ones. `--quick` checks the whole path in a
 few minutes (tiny budget, its own work folder); its figures mean nothing.
 
 Arms without training of their own: `<arm>_tta` predicts that arm's runs with test-time mirroring; `ensemble:<arm>`
@@ -96,6 +97,10 @@ def main(argv=None) -> int:
     if REFERENCE in arms and not args.nnunet_python:
         print(f"the {REFERENCE} arm needs --nnunet-python (see benchmarks/nnunet_v2_arm.py)", file=sys.stderr)
         return 2
+    if args.summary_only:
+        write_json(args.out, summary(args, work, arms))
+        print(f"wrote {args.out}")
+        return 0
     import_data(source, work, needs_pool=any(a in TRAINED and SEMI[0] in TRAINED[a] for a in arms))
     jobs = [(arm, fold, seed) for arm in arms for fold in args.folds for seed in
             ([min(args.seeds)] if arm.startswith("ensemble:") else args.seeds)]
@@ -131,6 +136,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each training run (OMP_NUM_THREADS)")
     parser.add_argument("--nnunet-python", type=Path, help=f"the python of nnU-Net v2's environment ({REFERENCE})")
+    parser.add_argument("--summary-only", action="store_true",
+                        help="write the JSON from the result files that exist (e.g. while another process runs)")
     parser.add_argument("--quick", action="store_true", help="a tiny budget and net, to check the path end to end")
     args = parser.parse_args(argv)
     if args.quick:
@@ -298,7 +305,9 @@ def summary(args, work: Path, arms: list[str]) -> dict:
     seeds), hard Dice, DSC and NSD, and which fold x seed files are still missing."""
     table = {}
     for arm in arms:
-        results = [json.loads(p.read_text()) for p in sorted((work / "results" / arm.replace(":", "-")).glob("*.json"))]
+        found = [json.loads(p.read_text()) for p in sorted((work / "results" / arm.replace(":", "-")).glob("*.json"))]
+        steps = args.epochs * args.batches
+        results = [r for r in found if r["steps"] == steps]  # another budget's results are not pooled with these
         by_seed = {}
         for result in results:
             by_seed.setdefault(result["seed"], []).extend(result["images"])
@@ -313,6 +322,8 @@ def summary(args, work: Path, arms: list[str]) -> dict:
             "overrides": TRAINED.get(arm, []), "per_seed": seeds,
             "folds_done": sorted({r["fold"] for r in results}),
             "missing": [f"fold{f}-seed{s}" for f, s in sorted(wanted - done)],
+            "other_budgets": sorted({f"fold{r['fold']}-seed{r['seed']}: {r['steps']} steps"
+                                     for r in found if r["steps"] != steps}),
             "train_seconds_per_fold": round(statistics.mean([r["train_seconds"] for r in results]), 1)
             if results else None,
             **{f"{k}_mean": round(statistics.mean([s[k] for s in seeds.values()]), 4) if seeds else None
