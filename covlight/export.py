@@ -26,6 +26,13 @@ from covlight.errors import ConfigError, CovlightError, report_error
 FORMATS = ("torchscript", "onnx")
 ONNX_OPSET = 17
 WINDOW_HU = (-1250.0, 250.0)  # covlight's stored 0..255 window (docs/ARCHITECTURE.md)
+# How the scan reaches spacing_mm and the probabilities return (data.preprocessing.resampling of the run)
+RESAMPLING_RULES = {
+    "linear": "images linearly, probabilities back trilinearly (half-voxel aligned corners)",
+    "nnunet_v1": "nnU-Net v1's: images with third-order splines and the probabilities back linearly, except along "
+                 "the coarsest axis when spacing max/min > 3 (of the scan, else of spacing_mm): there slice by slice "
+                 "in-plane, then order 0 across slices",
+}
 
 
 def load(run: Path):
@@ -65,6 +72,7 @@ def settings(model, fmt: str, run: Path) -> dict:
                   "intensity": rule, "intensity_scaling": model.intensity_scaling,
                   "input_multiple": list(multiple()) if multiple else None},
         "spacing_mm": list(model.target_spacing) if model.target_spacing else None,
+        "resampling": RESAMPLING_RULES[model.resampling],
         "slice_size": list(model.slice_size) if model.slice_size else None,
         "patch_size": list(module.patch_size[:dims]),
         "label_values": list(module.label_values),

@@ -39,9 +39,9 @@ import glob
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torchio as tio
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -54,6 +54,7 @@ from covlight.config import read_status
 from covlight.data.canonical import INTENSITY_KINDS
 from covlight.data.datamodule import image_preprocessing
 from covlight.data.options import PREPROCESSING_KEY
+from covlight.data.resampling import probabilities_on_grid, separate_axis
 from covlight.errors import WORK_FAILED, CovlightError, DatasetError, report_error
 from covlight.methods.supervised import SupervisedSegmentation
 from covlight.postprocess import largest_component, parse_spec
@@ -80,6 +81,11 @@ class Model:
     intensity_scaling: str = "range"  # data.preprocessing.intensity_scaling of the run
     histogram_landmarks: list[float] | None = None  # data.preprocessing.histogram_standardisation: the learnt scale
     source: Path | None = None  # the run folder (or checkpoint) it was loaded from
+    resampling: str = "linear"  # data.preprocessing.resampling (covlight.data.resampling)
+
+    def nearest_axis(self, scan: Scan) -> int | None:
+        """The axis of `scan` along which probabilities return to its grid with order 0 (resampling rule)."""
+        return separate_axis(self.resampling, nib.affines.voxel_sizes(scan.affine), self.target_spacing)
 
     @property
     def structures(self) -> list[str]:
@@ -90,7 +96,8 @@ class Model:
         """What every member of an ensemble must share: what it predicts and how its inputs are prepared."""
         return {"structures": self.structures, "spatial dimensions": self.module.net_spatial_dims,
                 "target spacing": self.target_spacing, "slice size": self.slice_size,
-                "intensity scaling": self.intensity_scaling, "histogram landmarks": self.histogram_landmarks}
+                "intensity scaling": self.intensity_scaling, "histogram landmarks": self.histogram_landmarks,
+                "resampling": self.resampling}
 
 
 def check_ensemble(models: list[Model]) -> None:
@@ -210,7 +217,8 @@ def load_model(args, config_path: Path, checkpoint_path: Path, source: Path) -> 
     slice_size = data_state["slice_size"]
     return Model(module, tuple(float(s) for s in spacing) if spacing is not None else None, device,
                  tuple(int(n) for n in slice_size) if slice_size else None,
-                 data_state["intensity_scaling"], data_state["histogram_landmarks"], source)
+                 data_state["intensity_scaling"], data_state["histogram_landmarks"], source,
+                 data_state.get("resampling", "linear"))  # runs from before the key resample linearly
 
 
 def run_folders(args) -> list[Path]:
@@ -343,10 +351,10 @@ def predict_scan(scan: Scan, job: Job, models: list[Model], label_format: str, k
         probabilities += member.module.predict_volume(image)
     probabilities /= len(models)
     if job.probabilities:
-        probabilities = on_grid(probabilities, scan.image.shape)
+        probabilities = on_grid(probabilities, scan.image.shape, model.nearest_axis(scan))
         for index, path in enumerate(job.probabilities.values(), start=1):
             write_output(scan, probabilities[index].cpu().numpy(), path)
-    labels = module.labels_on_grid(probabilities, scan.image.shape).cpu().numpy()
+    labels = module.labels_on_grid(probabilities, scan.image.shape, model.nearest_axis(scan)).cpu().numpy()
     if keep_largest:
         labels = largest_component(labels, keep_largest)
     if label_format == "benchmark":
@@ -361,15 +369,13 @@ def preprocessed(scan: Scan, model: Model) -> torch.Tensor:
     subject = tio.Subject(image=tio.ScalarImage(tensor=torch.from_numpy(scan.image)[None], affine=scan.affine),
                           intensity=scan.intensity)
     steps = image_preprocessing(model.target_spacing, model.slice_size, model.intensity_scaling,
-                                model.histogram_landmarks)
+                                model.histogram_landmarks, model.resampling)
     return tio.Compose(steps)(subject)["image"].data.float().to(model.device)
 
 
-def on_grid(probabilities: torch.Tensor, shape) -> torch.Tensor:
+def on_grid(probabilities: torch.Tensor, shape, nearest_axis: int | None = None) -> torch.Tensor:
     """Probabilities resampled to the scan's own grid, as `labels_on_grid` does before its argmax."""
-    if tuple(probabilities.shape[1:]) == tuple(shape):
-        return probabilities
-    return F.interpolate(probabilities[None], size=tuple(shape), mode="trilinear", align_corners=False)[0]
+    return probabilities_on_grid(probabilities, shape, nearest_axis)
 
 
 def benchmark_labels(labels: np.ndarray, label_values) -> np.ndarray:

@@ -319,7 +319,7 @@ def case_maps(models: list[Model], pool: CanonicalDataset, case: str, strategy: 
         image = preprocessed(scan, model)
         with dropout_sampling(model.module.net, strategy == "mc_dropout"):
             for _ in range(passes):
-                probabilities = on_grid(model.module.predict_volume(image), scan.image.shape)
+                probabilities = on_grid(model.module.predict_volume(image), scan.image.shape, model.nearest_axis(scan))
                 entropy = entropy_of(probabilities)
                 total = probabilities if total is None else total + probabilities
                 member_entropy = entropy if member_entropy is None else member_entropy + entropy

@@ -127,9 +127,17 @@ def test_axes_follow_simpleitk_reading(tmp_path, codes):
     assert np.array_equal(mapped.numpy(), read_by_v1)
 
 
-def test_preprocessing_equals_v1s_own(tmp_path):
-    """One phantom CT in HU (LPS, at the plans' spacing): v1's GenericPreprocessor on SimpleITK's array equals
-    covlight.predict's preprocessing (HU -> stored window -> 0..1) followed by the net's own input step."""
+@pytest.mark.parametrize(("spacing", "high"), [
+    ((0.78125, 0.78125, 2.5), 900.0),  # the plans' spacing: no resampling
+    ((0.7, 0.7, 5.0), 240.0),  # anisotropic scan: splines in-plane, order 0 across slices
+    ((0.6, 0.65, 0.8), 240.0),  # near-isotropic scan to the anisotropic target: the same, along the target's z
+], ids=["at the plans' spacing", "thick slices", "thin slices"])
+def test_preprocessing_equals_v1s_own(tmp_path, spacing, high):
+    """One phantom CT in HU (LPS): v1's GenericPreprocessor on SimpleITK's array (resampled to the plans' spacing
+    with its own rule) equals covlight.predict's preprocessing (HU -> stored window -> 0..1, resampled with
+    data.preprocessing.resampling=nnunet_v1) followed by the net's own input step. Resampled phantoms stay inside
+    covlight's HU window: v1 resamples unclipped HU, covlight the window, so splines near voxels above 250 HU
+    differ (README)."""
     sitk = pytest.importorskip("SimpleITK")
     preprocessing = v1.reference("nnunet.preprocessing.preprocessing")
     from covlight.data.datamodule import image_preprocessing
@@ -137,9 +145,8 @@ def test_preprocessing_equals_v1s_own(tmp_path):
     from covlight.scans import find_sources, read_scan
 
     rng = np.random.default_rng(0)
-    hu = rng.uniform(-1150, 900, size=(48, 40, 12)).astype(np.float32)  # air to bone, inside the HU window and out
+    hu = rng.uniform(-1150, high, size=(48, 40, 12)).astype(np.float32)  # air to bone (and out of the window)
     hu[:, :, :4] = -1000.0
-    spacing = (0.78125, 0.78125, 2.5)
     affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])  # voxel axes L, P, S (ITK's identity direction)
     path = tmp_path / "scan.nii.gz"
     nib.save(nib.Nifti1Image(hu, affine), path)
@@ -161,8 +168,9 @@ def test_preprocessing_equals_v1s_own(tmp_path):
 
     subject = tio.Subject(image=tio.ScalarImage(tensor=torch.from_numpy(scan.image)[None], affine=scan.affine),
                           intensity=scan.intensity)
+    assert state["resampling"] == "nnunet_v1"
     steps = image_preprocessing(state["target_spacing"], state["slice_size"], state["intensity_scaling"],
-                                state["histogram_landmarks"])
+                                state["histogram_landmarks"], state["resampling"])
     prepared = tio.Compose(steps)(subject)["image"].data.float()
     got = net.to_net(prepared[None])[0].numpy()
     assert got.shape == expected.shape

@@ -232,7 +232,7 @@ def test_a_network_test_batch_holds_no_truth(phantom_root):
     datamodule.setup("test")
     batch = next(iter(datamodule.test_dataloader()))
     assert set(batch) == {"image", "affine", "intensity", "case_id", "dataset", "image_path", "original_shape",
-                          "annotated"}
+                          "nearest_axis", "annotated"}
     assert "/labels/" not in batch["image_path"]
     seeded = SegmentationDataModule(str(phantom_root), official_split("task1", "lung", 0), [0, 1, 2],
                                     spatial_dims=2, patch_size=[32, 32, 1], batch_size=2,

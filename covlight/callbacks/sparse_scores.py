@@ -15,7 +15,6 @@ import lightning.pytorch as pl
 
 from covlight.benchmark import columns
 from covlight.callbacks.scoring import score_against_truth
-from covlight.data.datamodule import WholeCaseDataset
 from covlight.metrics.results import CaseResults
 
 TRAINING_SLICES_FILE = "metrics_training_slices.csv"
@@ -34,12 +33,12 @@ class SparseSliceScoring(pl.Callback):
         records = datamodule.simulated_records()
         if not records:
             return
-        cases = WholeCaseDataset(records, datamodule.preprocessing(with_label=False))
+        cases = datamodule.whole_cases(records)
         results = CaseResults(columns(self.structures), keys=("Name", "dataset", "slices"))
         for index, record in enumerate(records):
             case = cases[index]
             probabilities = pl_module.predict_volume(case["image"].to(pl_module.device))
-            prediction = pl_module.labels_on_grid(probabilities, case["original_shape"].tolist())
+            prediction = pl_module.labels_on_grid(probabilities, case["original_shape"].tolist(), case["nearest_axis"])
             annotated = set(record.annotated_slices)
             others = [z for z in range(record.shape[2]) if z not in annotated]
             for kind, left_out in (("annotated", others), ("unannotated", sorted(annotated))):

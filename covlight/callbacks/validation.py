@@ -11,7 +11,6 @@ import lightning.pytorch as pl
 
 from covlight.benchmark import columns, structure_metric
 from covlight.callbacks.scoring import score_against_truth
-from covlight.data.datamodule import WholeCaseDataset
 from covlight.metrics.results import CaseResults
 
 
@@ -25,15 +24,14 @@ class WholeCaseValidation(pl.Callback):
         if not due or trainer.sanity_checking:
             return
         datamodule = trainer.datamodule
-        cases = WholeCaseDataset(datamodule.records["val"] or datamodule.records["train"],
-                                 datamodule.preprocessing(with_label=False))
+        cases = datamodule.whole_cases(datamodule.records["val"] or datamodule.records["train"])
         results = CaseResults(columns(self.structures))
         for index in range(trainer.global_rank, len(cases), trainer.world_size):
             case, record = cases[index], cases.records[index]
             unannotated = () if record.annotated_slices is None else sorted(
                 set(range(record.shape[2])) - set(record.annotated_slices))
             probabilities = pl_module.predict_volume(case["image"].to(pl_module.device))
-            prediction = pl_module.labels_on_grid(probabilities, case["original_shape"].tolist())
+            prediction = pl_module.labels_on_grid(probabilities, case["original_shape"].tolist(), case["nearest_axis"])
             results.append({"Name": case["case_id"], "dataset": case["dataset"],
                             **score_against_truth(prediction,
                                                   datamodule.label_path(case["dataset"], case["case_id"]),

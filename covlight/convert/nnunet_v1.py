@@ -9,8 +9,9 @@ its init arguments and the plans). Reading them:
   convs down and transposed convs up) is covlight's `UNet` with two differences, carried over exactly: a decoder
   stage's kernel is the one of the stage below it (`decoder_kernel_sizes`), and v1's transposed convs and heads
   have no bias (covlight's are set to 0). `NNUNetV1UNet` feeds it as v1 did (CT normalisation, axis order);
-- the preprocessing: the stage's target spacing and `transpose_forward`, with the training images' orientation
-  (which v1 never records: given by the user) to put covlight's RAS+ axes in v1's order;
+- the preprocessing: the stage's target spacing, resampled by v1's rule (covlight.data.resampling), and
+  `transpose_forward`, with the training images' orientation (which v1 never records: given by the user) to put
+  covlight's RAS+ axes in v1's order;
 - the labels: v1's class indices named in the task's `dataset.json` (or given as `1=left_lung,...`), mapped to
   covlight's canonical values.
 """

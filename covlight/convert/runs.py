@@ -97,7 +97,7 @@ def write_run(folder: Path, out: Path, task: str, source: str | None, codes, dat
         "name": name,
         "fold": fold,
         "model": {"patch_size": patch, "module": {"net": net, "inference": {"batch_size": INFERENCE_BATCH[dims]}}},
-        "data": {"preprocessing": {"target_spacing": spacing}},
+        "data": {"preprocessing": {"target_spacing": spacing, "resampling": "nnunet_v1"}},
     }
     recipe_text = (f"# @package _global_\n# nnU-Net v1 model converted by covlight.convert from {fold_dir}\n"
                    f"# (provenance: ../../{CONVERSION_FILE}). Use: python -m covlight --config-dir "
@@ -118,15 +118,14 @@ def write_run(folder: Path, out: Path, task: str, source: str | None, codes, dat
         "training_orientation": "".join(codes), "net_axes": axes, "net_flips": flips,
         "labels": {str(i): v for i, v in enumerate(values)}, "subtask": subtask,
         "ct_normalisation": normalisation, "intensity": intensity_note(normalisation["clip"]),
-        "resampling": "covlight resamples images linearly (TorchIO); v1 used third-order splines, and order 0 "
-                      "across slices of anisotropic scans",
+        "resampling": "nnunet_v1: v1's own rule (data.preprocessing.resampling; covlight.data.resampling)",
     }
     write_json(out / CONVERSION_FILE, provenance)
     checkpoint = {
         "state_dict": {f"net.{k}": v for k, v in state.items()},
         "epoch": 0, "global_step": 0, "pytorch-lightning_version": lightning.__version__,
         PREPROCESSING_KEY: {"target_spacing": spacing, "slice_size": None, "intensity_scaling": "range",
-                            "histogram_landmarks": None},
+                            "histogram_landmarks": None, "resampling": "nnunet_v1"},
         CONVERSION_KEY: {"from": provenance["from"], "files": provenance["files"]},
     }
     with replacing(out / "checkpoints" / "last.ckpt") as temporary:

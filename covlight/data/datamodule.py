@@ -6,7 +6,7 @@ Reads only canonical dataset folders `<root>/<dataset>/` (docs/ARCHITECTURE.md);
 from __future__ import annotations
 
 import warnings
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from covlight.data.options import (
     as_options,
 )
 from covlight.data.patches import PatchStream, drawing_from, stream_seed
+from covlight.data.resampling import resample_step, separate_axis
 from covlight.data.sampling import ForegroundSampler
 from covlight.data.sparse import SUBJECT_KEY, HideUnannotated, labelled_case_order, simulated_slices
 from covlight.data.transforms import (
@@ -94,21 +95,21 @@ def target_spacing_of(spacings: Sequence[Sequence[float]], anisotropy_ratio: flo
 
 
 def image_preprocessing(target_spacing: Sequence[float] | None, slice_size: Sequence[int] | None = None,
-                        intensity_scaling: str = "range",
-                        histogram_landmarks: Sequence[float] | None = None) -> list[tio.Transform]:
+                        intensity_scaling: str = "range", histogram_landmarks: Sequence[float] | None = None,
+                        resampling: str = "linear") -> list[tio.Transform]:
     """The deterministic image steps of every stage; `covlight.predict` applies the same to new scans (from the
-    checkpoint's `PREPROCESSING_KEY` entry, which holds these four arguments).
+    checkpoint's `PREPROCESSING_KEY` entry, which holds these five arguments).
 
     `target_spacing`: 3D models resample to it. `slice_size`: one-slice cases are resized to it (2D slice sets
     under data.slices.policy=resize). `histogram_landmarks`: the standard scale of
-    data.preprocessing.histogram_standardisation.
+    data.preprocessing.histogram_standardisation. `resampling`: the rule of `covlight.data.resampling`.
     """
     steps: list[tio.Transform] = [CheckCase()]
     if histogram_landmarks is not None:
         steps.append(HistogramStandardisation(histogram_landmarks))
     steps.append(ScaleIntensity(intensity_scaling))
     if target_spacing is not None:
-        steps.append(tio.Resample(tuple(target_spacing)))
+        steps.append(resample_step(resampling, target_spacing))
     if slice_size is not None:
         steps.append(ResizeSlice(slice_size))
     return steps
@@ -147,13 +148,16 @@ class WholeCaseDataset(Dataset):
 
     An item never holds the case's truth nor its path: scoring finds the label through the data module
     (`SegmentationDataModule.label_path`). With `seeding` (semi-automatic methods only), each item also holds the
-    case's `Seeds`, the one view of its truth a method may have (covlight.data.interaction).
+    case's `Seeds`, the one view of its truth a method may have (covlight.data.interaction). `nearest_axis` gives,
+    per case, the axis its probabilities return along with order 0 (`labels_on_grid`; None: linear throughout).
     """
 
-    def __init__(self, records: list[CaseRecord], transform: tio.Transform, seeding: SeedingStep | None = None):
+    def __init__(self, records: list[CaseRecord], transform: tio.Transform, seeding: SeedingStep | None = None,
+                 nearest_axis: Callable[[CaseRecord], int | None] | None = None):
         self.records = records
         self.transform = transform
         self.seeding = seeding
+        self.nearest_axis = nearest_axis
 
     def __len__(self) -> int:
         return len(self.records)
@@ -169,6 +173,7 @@ class WholeCaseDataset(Dataset):
             "dataset": record.dataset,
             "image_path": str(record.image_path),
             "original_shape": torch.tensor(record.shape),
+            "nearest_axis": self.nearest_axis(record) if self.nearest_axis is not None else None,
             "annotated": list(record.annotated),
         }
         if self.seeding is not None:
@@ -406,7 +411,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         return {"target_spacing": list(self.target_spacing) if self.target_spacing is not None else None,
                 "slice_size": list(self.slice_size) if self.slice_size is not None else None,
                 "intensity_scaling": self.preprocessing_options.intensity_scaling,
-                "histogram_landmarks": self.histogram_landmarks}
+                "histogram_landmarks": self.histogram_landmarks,
+                "resampling": self.preprocessing_options.resampling}
 
     # ------------------------------------------------------------------------------------- transforms
     def preprocessing(self, with_label: bool, pad: bool = False) -> tio.Compose:
@@ -417,7 +423,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         patches to be drawn from it (whole test cases are not: the sliding window covers them).
         """
         steps = image_preprocessing(self.target_spacing, self.slice_size,
-                                    self.preprocessing_options.intensity_scaling, self.histogram_landmarks)
+                                    self.preprocessing_options.intensity_scaling, self.histogram_landmarks,
+                                    self.preprocessing_options.resampling)
         if with_label:
             steps.insert(1, HideUnannotated())  # after CheckCase, before any resampling
             steps += class_indices(self.label_values)
@@ -516,7 +523,12 @@ class SegmentationDataModule(pl.LightningDataModule):
                 return record.label_path
         raise KeyError(f"{dataset}/{case_id} is no labelled case of this data module")
 
+    def whole_cases(self, records: list[CaseRecord], seeding: SeedingStep | None = None) -> WholeCaseDataset:
+        """`records` preprocessed whole, each with the axis its probabilities return along (resampling rule)."""
+        rule = self.preprocessing_options.resampling
+        return WholeCaseDataset(records, self.preprocessing(with_label=False), seeding,
+                                lambda record: separate_axis(rule, record.spacing, self.target_spacing))
+
     def test_dataloader(self) -> DataLoader:
-        records = self.records["test"]
-        dataset = WholeCaseDataset(records, self.preprocessing(with_label=False), self.seeding)
+        dataset = self.whole_cases(self.records["test"], self.seeding)
         return DataLoader(dataset, batch_size=1, collate_fn=_first, num_workers=min(self.sampling.num_workers, 1))

@@ -16,6 +16,7 @@ from covlight.errors import ConfigError
 
 INTENSITY_SCALINGS = ("range", "zscore")
 SLICE_POLICIES = ("pad", "resize")
+RESAMPLINGS = ("linear", "nnunet_v1")  # the rules of covlight.data.resampling
 MISSING_CASES = ("error", "skip")
 INTERACTION_MODES = ("slices", "scribbles")
 SPARSE_STRATEGIES = ("evenly", "random", "most_foreground")
@@ -39,9 +40,11 @@ class Preprocessing:
     target_spacing: Any = "auto"
     intensity_scaling: str = "range"
     histogram_standardisation: bool = False
+    resampling: str = "linear"  # covlight.data.resampling.RESAMPLINGS
 
     def __post_init__(self):
         _one_of("preprocessing.intensity_scaling", self.intensity_scaling, INTENSITY_SCALINGS)
+        _one_of("preprocessing.resampling", self.resampling, RESAMPLINGS)
         spacing = self.target_spacing
         if spacing not in (None, "auto", "native") and (isinstance(spacing, str) or not isinstance(spacing, Sequence)
                                                   or len(spacing) != 3):

@@ -55,6 +55,7 @@ class UntrainedSegmentation(pl.LightningModule):
 
     def on_test_start(self) -> None:
         state = self.trainer.datamodule.preprocessing_state()
+        state.pop("resampling", None)  # no resampling on the native grid, whatever the rule
         if state != NATIVE_PREPROCESSING:
             raise ConfigError(f"{type(self).__name__} reads each case's stored values on its own grid, but the data "
                               f"module's preprocessing is {state}; keep data.preprocessing.target_spacing=native, "

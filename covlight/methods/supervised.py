@@ -10,11 +10,11 @@ from collections.abc import Callable, Mapping, Sequence
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from covlight.benchmark import STRUCTURE_OF_VALUE, UNKNOWN_LABEL
 from covlight.data.options import PREPROCESSING_KEY
+from covlight.data.resampling import probabilities_on_grid
 from covlight.inference import sliding_window_predict
 from covlight.methods.losses import DiceCELoss, deep_supervision_loss
 
@@ -163,18 +163,17 @@ class SupervisedSegmentation(pl.LightningModule):
             **self.inference,
         )
 
-    def labels_on_grid(self, probabilities: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-        """Resample probabilities to the original grid (if the model worked at another spacing), argmax, and
-        map classes to canonical label values."""
-        shape = tuple(int(n) for n in shape)
-        if tuple(probabilities.shape[1:]) != shape:
-            probabilities = F.interpolate(probabilities[None], size=shape, mode="trilinear", align_corners=False)[0]
+    def labels_on_grid(self, probabilities: torch.Tensor, shape: Sequence[int],
+                       nearest_axis: int | None = None) -> torch.Tensor:
+        """Resample probabilities to the original grid (if the model worked at another spacing; order 0 along
+        `nearest_axis`, see covlight.data.resampling), argmax, and map classes to canonical label values."""
+        probabilities = probabilities_on_grid(probabilities, shape, nearest_axis)
         return self.class_to_label[probabilities.argmax(0)]
 
     def test_step(self, batch: dict, batch_idx: int) -> dict:
         self.net.eval()
         probabilities = self.predict_volume(batch["image"].to(self.device))
-        prediction = self.labels_on_grid(probabilities, batch["original_shape"].tolist())
+        prediction = self.labels_on_grid(probabilities, batch["original_shape"].tolist(), batch.get("nearest_axis"))
         return {"prediction": prediction}
 
     # ------------------------------------------------------------------------------------ optimisation
