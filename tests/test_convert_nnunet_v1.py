@@ -269,3 +269,39 @@ def test_predict_runs_a_converted_model(model_2d, tmp_path, capsys):
     prediction = nib.load(tmp_path / "pred" / "scan.nii.gz")
     assert prediction.shape == (40, 36, 3)
     shutil.rmtree(tmp_path / "pred")
+
+
+@pytest.mark.slow
+def test_a_converted_run_tests_and_fine_tunes_like_a_run(phantom_root, tmp_path):
+    """README steps 4 and 5: the converted recipe tests on the fold's test cases (one metrics row each) and
+    fine-tunes from the converted weights; both resample with v1's rule (a target anisotropic enough for order 0
+    across slices), and the fine-tuning run records that rule in its checkpoint."""
+    from covlight.train import run
+    from tests.helpers.runs import compose_config
+
+    plan = v1.plans(3, [16, 32, 32])
+    plan["plans_per_stage"][0]["current_spacing"] = np.array([14.0, 4.0, 4.0])  # v1's z, y, x: coarse phantoms
+    plan["base_num_features"] = 4  # a small net: the test is about the path, not the weights
+    fold = v1.write_model_folder(tmp_path / "models", plan, v1.v1_network(plan))
+    converted_run = tmp_path / "converted"
+    assert convert(["nnunet-v1", str(fold), "--out", str(converted_run), "--task", "task1", "--orientation",
+                    "LPS"]) == 0
+    recipe = [f"hydra.searchpath=[file://{converted_run / 'recipes'}]", "experiment=nnunet_v1",
+              f"paths.data_dir={phantom_root}", "print_config=false", "logger=csv", "trainer=debug",
+              "data.sampling.num_workers=0", "model.module.inference.batch_size=4"]
+    tested = run(compose_config([*recipe, "test_only=true", f"ckpt_path={converted_run / 'checkpoints/last.ckpt'}",
+                                 f"paths.output_dir={tmp_path / 'tested'}"]))["test"]
+    rows = (tmp_path / "tested" / "metrics.csv").read_text().splitlines()
+    assert len(rows) - 1 == len(official_test_cases()) and tested
+    run(compose_config([*recipe, f"init_from={converted_run}", "data.sampling.batches_per_epoch=2",
+                        "data.sampling.samples_per_volume=2", "data.sampling.patch_buffer=4",
+                        "data.validation.patches_per_case=1", "model.batch_size=2",
+                        f"paths.output_dir={tmp_path / 'tuned'}"]))
+    state = torch.load(tmp_path / "tuned" / "checkpoints" / "last.ckpt", weights_only=False)["covlight_preprocessing"]
+    assert state["resampling"] == "nnunet_v1" and state["target_spacing"] == [4.0, 4.0, 14.0]
+
+
+def official_test_cases() -> list[str]:
+    from covlight.splits import official_split
+
+    return [case for cases in official_split("task1", "lung", 0).test.values() for case in cases]
