@@ -335,6 +335,10 @@ def summary(args, work: Path, arms: list[str]) -> dict:
             **{f"{k}_seed_spread": round(max(s[k] for s in seeds.values()) - min(s[k] for s in seeds.values()), 4)
                if len(seeds) > 1 else None for k in ("threshold_dice", "hard_dice")},
         }
+    baseline = "narrow" if "narrow" in arms else None
+    for arm in arms:
+        table[arm]["vs_narrow"] = paired_difference(work, arm, baseline, args.epochs * args.batches) \
+            if baseline and arm != baseline else None
     return {
         "benchmark": "slices_study",
         "complete": all(not row["missing"] for row in table.values()),
@@ -348,6 +352,32 @@ def summary(args, work: Path, arms: list[str]) -> dict:
         "machine": machine_info(),
         "arms": table,
     }
+
+
+def per_image(work: Path, arm: str, steps: int) -> dict[tuple, float]:
+    """(fold, seed, image) -> the image's threshold-averaged Dice, for one arm at one budget."""
+    scores = {}
+    for path in (work / "results" / arm.replace(":", "-")).glob("*.json"):
+        result = json.loads(path.read_text())
+        if result["steps"] == steps:
+            for image in result["images"]:
+                scores[(result["fold"], result["seed"], image["case"])] = float(np.mean(image["dice_per_threshold"]))
+    return scores
+
+
+def paired_difference(work: Path, arm: str, baseline: str, steps: int, draws: int = 10000) -> dict | None:
+    """The arm's threshold-averaged Dice minus the baseline's on the same images, folds and seeds (an ensemble or
+    TTA arm: the seeds it shares), with a 95% bootstrap interval over images: the arms' difference without the
+    fold-to-fold spread that both share."""
+    ours, theirs = per_image(work, arm, steps), per_image(work, baseline, steps)
+    shared = sorted(set(ours) & set(theirs))
+    if not shared:
+        return None
+    differences = np.array([ours[key] - theirs[key] for key in shared])
+    rng = np.random.default_rng(0)
+    means = differences[rng.integers(0, len(differences), size=(draws, len(differences)))].mean(axis=1)
+    return {"pairs": len(shared), "threshold_dice_difference": round(float(differences.mean()), 4),
+            "ci95": [round(float(np.percentile(means, 2.5)), 4), round(float(np.percentile(means, 97.5)), 4)]}
 
 
 if __name__ == "__main__":

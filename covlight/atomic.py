@@ -36,8 +36,8 @@ def replacing(path) -> Iterator[Path]:
             os.close(descriptor)
         os.replace(tmp, path)
     except BaseException as error:
+        full = disk_full(error, path)  # before the partial file goes: the space free when the write failed
         tmp.unlink(missing_ok=True)
-        full = disk_full(error, path)
         if full is not None:
             raise full from None
         raise
