@@ -11,8 +11,9 @@ benchmarks/results/efficiency_real.json (+ .png) with every point, and `complete
     python benchmarks/efficiency_real.py --shared ../shared/data --work benchmarks/.efficiency_real
     python benchmarks/efficiency_real.py --shared ../shared/data --work /tmp/eff_tiny --tiny   # a 2-minute check
 
-Settings: slices resized to 256 x 256, a 2D U-Net of features 16..256 (5 stages), batch 8, `--epochs` epochs of 50
-batches (default 20: 1000 steps), 2 loader workers; test on each fold's 10 held-out slices (LesionDSC, NSD-3mm at
+Settings: those of benchmarks/slices_study.py's `narrow_resize` arm, so that the curve's last point is that study's
+arm: slices resized to 256 x 256, the default 2D U-Net at half width (features 16..256, 6 stages), batch 8,
+`--epochs` epochs of 25 batches (default 12: 300 steps), 1 loader worker; test on each fold's 10 held-out slices (LesionDSC, NSD-3mm at
 spacing 1: pixels). `--tiny` runs a few steps at 64 x 64 on one fold, one seed, 5 labelled slices, one method (the
 results go to the JSON only when --out says so).
 """
@@ -56,16 +57,16 @@ def settings(args) -> tuple[list[str], list[str]]:
         "task=custom", f"task.name={LABELLED}", "task.num_folds=5", "subtask=infection", "model=unet2d",
         f"paths.data_dir={args.work / 'data'}", "logger=csv", "data.slices.policy=resize",
         f"data.slices.size=[{size},{size}]", f"model.patch_size=[{size},{size},1]", "model.batch_size=8",
-        "model.module.net.features_per_stage=[16,32,64,128,256]", "model.module.net.strides=[1,2,2,2,2]",
+        "model.module.net.features_per_stage=[16,32,64,128,256,256]",
         f"trainer.max_epochs={2 if args.tiny else args.epochs}",
-        f"data.sampling.batches_per_epoch={2 if args.tiny else 50}", "data.sampling.samples_per_volume=4",
-        f"data.sampling.num_workers={0 if args.tiny else 2}", "callbacks.case_scoring.overlay_cases=0",
+        f"data.sampling.batches_per_epoch={2 if args.tiny else 25}", "data.validation.patches=20",
+        f"data.sampling.num_workers={0 if args.tiny else 1}", "callbacks.case_scoring.overlay_cases=0",
     ]
     mean_teacher = f"mean_teacher data.unlabelled.datasets=[{POOL}]"
     if args.tiny:
         options = ["--cases", "5", "--folds", "0", "--seeds", "0", "--method", "supervised"]
     else:
-        options = ["--cases", "5,10,25,all", "--folds", "0,1,2,3,4", "--seeds", args.seeds,
+        options = ["--cases", "5,10,25,all", "--folds", args.folds, "--seeds", args.seeds,
                    "--method", "supervised", "--method", mean_teacher]
     return options, overrides
 
@@ -98,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=Path("../shared/data"), help="the shared data folder")
     parser.add_argument("--work", type=Path, required=True, help="imported data, runs and report (kept to resume)")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--folds", default="0,1,2,3,4", help="e.g. 0,1 first: every point on two folds")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--epochs", type=int, default=12, help="epochs of 25 batches (12: slices_study's 300 steps)")
     parser.add_argument("--tiny", action="store_true", help="a quick check of the whole pipeline")
     parser.add_argument("--out", type=Path, help="the JSON to write (default: benchmarks/results/efficiency_real.json; "
                                                  "none with --tiny)")
