@@ -107,3 +107,22 @@ def test_the_resampled_image_keeps_its_place_in_the_world():
 def test_an_unknown_rule_is_refused():
     with pytest.raises(ConfigError, match="resampling"):
         Preprocessing(resampling="cubic")
+
+
+@pytest.mark.parametrize(("option", "expected"), [("auto", None), ([6.0, 6.0, 12.0], (6.0, 6.0, 12.0))])
+def test_a_2d_model_resamples_only_to_a_spacing_given_in_numbers(phantom_root, option, expected):
+    """2D models work on native slices under `auto`; a spacing in numbers (a converted nnU-Net 2d model's) resamples
+    the volume before slicing, in training and testing as covlight.predict does from the checkpoint."""
+    from covlight.data.datamodule import SegmentationDataModule
+    from covlight.splits import official_split
+
+    datamodule = SegmentationDataModule(str(phantom_root), official_split("task1", "lung", 0), [0, 1, 2],
+                                        spatial_dims=2, patch_size=[32, 32, 1], batch_size=2,
+                                        preprocessing={"target_spacing": option, "resampling": "nnunet_v1"})
+    datamodule.setup("fit")
+    assert datamodule.target_spacing == expected
+    assert datamodule.preprocessing_state()["target_spacing"] == (list(expected) if expected else None)
+    record = datamodule.records["train"][0]
+    case = datamodule.whole_cases([record])[0]
+    assert tuple(case["image"].shape[1:]) == (v1_shape(record.shape, record.spacing, expected) if expected
+                                              else record.shape)

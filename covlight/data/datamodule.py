@@ -393,8 +393,10 @@ class SegmentationDataModule(pl.LightningDataModule):
             note = slice_spacing_note(self._dataset(name).meta)
             if note:
                 warnings.warn(note, stacklevel=2)
-        if self.spatial_dims == 3 and self.preprocessing_options.target_spacing != "native":
-            option = self.preprocessing_options.target_spacing
+        option = self.preprocessing_options.target_spacing
+        # 2D models work on native slices unless a spacing is given in numbers (converted nnU-Net 2d models: v1
+        # resampled the volume before slicing it, and covlight.predict does the same from the checkpoint)
+        if option != "native" and (self.spatial_dims == 3 or option not in (None, "auto")):
             if option in (None, "auto"):
                 self.target_spacing = target_spacing_of([r.spacing for r in self.records["train"]])
             else:
