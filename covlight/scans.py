@@ -72,7 +72,7 @@ def find_sources(path: Path) -> list[Source]:
         dataset = read_dataset(path)
         return [Source(dataset.image_path(case), case, "stored", entry.get("intensity"))
                 for case, entry in sorted(dataset.cases.items())]
-    if sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)):
+    if dicom_series_ids(path):
         return [Source(path, path.name, "dicom")]
     sources = []
     for child in sorted(path.iterdir()):
@@ -80,6 +80,16 @@ def find_sources(path: Path) -> list[Source]:
             continue
         sources.append(Source(child, child.name, "dicom") if child.is_dir() else _file_source(child))
     return sources
+
+
+def dicom_series_ids(folder: Path) -> tuple[str, ...]:
+    """The DICOM series in `folder`, without GDCM's warning on stderr for a folder that has none (pictures, NIfTI)."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def _file_source(path: Path) -> Source:
@@ -95,7 +105,7 @@ def read_scan(source: Source, intensity: str | None) -> Scan:
     if source.kind == "unsupported":
         raise DatasetError(f"{source.path}: unsupported file type; give {SUPPORTED}.")
     if source.kind == "dicom":
-        if not sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(source.path)):
+        if not dicom_series_ids(source.path):
             raise DatasetError(f"{source.path}: a folder without a DICOM series; give {SUPPORTED}.")
         volume = read_dicom_series(source.path, str(source.path))
     else:

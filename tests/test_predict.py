@@ -262,6 +262,17 @@ def test_benchmark_labels_keep_lungs_and_union_canonical():
     np.testing.assert_array_equal(predict.benchmark_labels(np.array([0, 3], np.uint8), [0, 3]), [0, 1])
 
 
+def test_a_folder_of_pictures_is_no_dicom_series_and_gdcm_says_nothing(tmp_path, capfd):
+    """Looking for a DICOM series in a folder of PNGs finds none, without GDCM's "No Series were found" warning
+    on stderr (ITK writes it from C++, so the file descriptor is captured)."""
+    from covlight.scans import find_sources
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+    sources = find_sources(tmp_path)
+    assert [s.kind for s in sources] == ["slice"]
+    assert "GDCM" not in capfd.readouterr().err
+
+
 def test_a_bad_input_is_named_and_keep_going_predicts_the_rest(runs, phantom_root, tmp_path, capsys):
     inputs = tmp_path / "scans"
     inputs.mkdir()
