@@ -258,13 +258,17 @@ RECIPE_OVERRIDES = {
     "ssl_pretrain": (["model=unet2d"], "ssl_pretrain_2d"),
     "finetune": (["model=unet2d"], "finetune_unet2d"),
     "finetune_task3": (["source=structseg", "subtask=infection", "fold=3"], "finetune_task3_unet3d"),
+    # a custom task reads its dataset to draw folds: the phantoms stand in for a slice set
+    "slices2d": (["task.name=my_slices", "task.datasets=[covid19_ct_seg]"], "slices2d"),
 }
 
 
 @pytest.mark.parametrize("recipe", sorted(path.stem for path in (REPO / "experiments").glob("*.yaml")))
-def test_recipes_compose(recipe):
+def test_recipes_compose(recipe, phantom_root):
     """Every recipe in experiments/ composes into a valid run with its own name."""
     overrides, name = RECIPE_OVERRIDES.get(recipe, ([], recipe))
+    if recipe == "slices2d":
+        overrides = [*overrides, f"paths.data_dir={phantom_root}"]
     cfg = compose_config([f"experiment={recipe}", *overrides])
     check_combination(cfg)
     assert cfg.name == name
@@ -275,6 +279,8 @@ def test_recipes_compose(recipe):
     if recipe.startswith("finetune"):  # init_from is required: the placeholder fails with the fix
         with pytest.raises(ConfigError, match="init_from=<the .* run folder>: no checkpoint"):
             load_initial_weights(instantiate(cfg.model.module), cfg.init_from)
+    if recipe == "slices2d":
+        assert datamodule.slice_size == (256, 256) and cfg.subtask.name == "infection"
     if recipe in ("fewshot_strong_aug", "intensity_dg"):
         augmentation = augmentation_preset(cfg.model.spatial_dims, Augmentation(**cfg.data.augmentation),
                                            cfg.model.patch_size)

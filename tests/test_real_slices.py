@@ -1,4 +1,4 @@
-"""The slice recipe's whole path on real COVID-SemiSeg slices (../shared/data): import, train a few steps, predict
+"""The slice recipe's (experiments/slices2d.yaml) whole path on real COVID-SemiSeg slices (../shared/data): import, train a few steps, predict
 the pictures and the canonical dataset, evaluate. A smoke test of the path, not of the score (the slice study,
 benchmarks/slices_study.py, measures that)."""
 
@@ -31,12 +31,12 @@ def test_real_slices_import_train_predict_evaluate(shared_data, tmp_path):
                     "--labels", "GT/*.png", "--label-map", "255:3", "--intensity", "8bit", "--dest", str(data)]) == 0
 
     outputs = tmp_path / "outputs"
-    subprocess.run([sys.executable, "-m", "covlight", "task=custom", "task.name=semiseg6", "task.num_folds=3",
-                    "fold=0", "subtask=infection", "model=unet2d", "model.batch_size=2", "trainer.max_epochs=1",
+    subprocess.run([sys.executable, "-m", "covlight", "experiment=slices2d", "task.name=semiseg6", "task.num_folds=3",
+                    "fold=0", "model.batch_size=2", "trainer.max_epochs=1",
                     "data.sampling.batches_per_epoch=2", "data.sampling.num_workers=0",
                     "data.validation.patches=2", "logger=none", "print_config=false",
                     f"paths.data_dir={data}", f"paths.output_root={outputs}"], check=True, cwd=REPO)
-    (run,) = (outputs / "semiseg6" / "infection" / "unet2d" / "fold0-seed0").iterdir()
+    (run,) = (outputs / "semiseg6" / "infection" / "slices2d" / "fold0-seed0").iterdir()
     with open(run / "metrics.csv", newline="") as handle:
         tested = list(csv.DictReader(handle))
     assert len(tested) == 2  # 6 slices in 3 folds: fold 0 holds 2 out
