@@ -67,6 +67,7 @@ NARROW = ["model.module.net.features_per_stage=[16,32,64,128,256,256]"]
 RECIPE = [*NARROW, *RESIZE]
 TRAINED = {
     "default": [],
+    "resize": RESIZE,  # experiments/slices2d.yaml as shipped: today's width, every slice resized
     "wide": ["model.module.net.features_per_stage=[48,96,192,384,512,512]"],
     "narrow": NARROW,
     "narrow_flips_rot90": [*NARROW, *FLIPS],
@@ -82,7 +83,7 @@ TRAINED = {
 PREDICTED = {"narrow_tta": "narrow", "default_tta": "default", "narrow_resize_flips_tta": "narrow_resize_flips",
              "narrow_resize_tta": "narrow_resize"}
 REFERENCE = "nnunet_v2"  # nnU-Net v2's own 2d configuration, in its own environment (benchmarks/nnunet_v2_arm.py)
-SCREEN = ["narrow", "narrow_tta", "narrow_flips_rot90", "narrow_resize", "narrow_adamw", "default", "wide"]
+SCREEN = ["narrow", "narrow_tta", "narrow_flips_rot90", "narrow_resize", "narrow_adamw", "default", "resize", "wide"]
 
 
 def main(argv=None) -> int:
