@@ -79,6 +79,10 @@ TRAINED = {
     "narrow_resize_cps": [*RECIPE, "method=cps", *SEMI],
     "narrow_resize_entropy_min": [*RECIPE, "method=entropy_min", *SEMI],
 }
+# arm -> the arm it adds one factor to (the summary's paired "vs_base" difference)
+BUILDS_ON = {"resize": "default", "wide": "default", "narrow": "default", "narrow_flips_rot90": "narrow",
+             "narrow_resize": "narrow", "narrow_adamw": "narrow", "narrow_resize_flips": "narrow_resize",
+             **{arm: "narrow_resize" for arm in TRAINED if arm.startswith("narrow_resize_")}}
 # arm -> the trained arm it predicts with --mirror
 PREDICTED = {"narrow_tta": "narrow", "default_tta": "default", "narrow_resize_flips_tta": "narrow_resize_flips",
              "narrow_resize_tta": "narrow_resize"}
@@ -314,7 +318,8 @@ def summary(args, work: Path, arms: list[str]) -> dict:
     for arm in arms:
         found = [json.loads(p.read_text()) for p in sorted((work / "results" / arm.replace(":", "-")).glob("*.json"))]
         steps = args.epochs * args.batches
-        results = [r for r in found if r["steps"] == steps]  # another budget's results are not pooled with these
+        results = [r for r in found if r["steps"] == steps  # another budget's results are not pooled with these
+                   and r["fold"] in args.folds and r["seed"] in args.seeds]
         by_seed = {}
         for result in results:
             by_seed.setdefault(result["seed"], []).extend(result["images"])
@@ -328,6 +333,7 @@ def summary(args, work: Path, arms: list[str]) -> dict:
         table[arm] = {
             "overrides": TRAINED.get(arm, []), "per_seed": seeds,
             "folds_done": sorted({r["fold"] for r in results}),
+            "folds_per_seed": {seed: sorted(r["fold"] for r in results if r["seed"] == seed) for seed in seeds},
             "missing": [f"fold{f}-seed{s}" for f, s in sorted(wanted - done)],
             "other_budgets": sorted({f"fold{r['fold']}-seed{r['seed']}: {r['steps']} steps"
                                      for r in found if r["steps"] != steps}),
@@ -338,10 +344,11 @@ def summary(args, work: Path, arms: list[str]) -> dict:
             **{f"{k}_seed_spread": round(max(s[k] for s in seeds.values()) - min(s[k] for s in seeds.values()), 4)
                if len(seeds) > 1 else None for k in ("threshold_dice", "hard_dice")},
         }
-    baseline = "narrow" if "narrow" in arms else None
+    steps, runs = args.epochs * args.batches, {(f, s) for f in args.folds for s in args.seeds}
     for arm in arms:
-        table[arm]["vs_narrow"] = paired_difference(work, arm, baseline, args.epochs * args.batches) \
-            if baseline and arm != baseline else None
+        table[arm]["vs_narrow"] = paired_difference(work, arm, "narrow", steps, runs) if arm != "narrow" else None
+        base = base_arm(arm)
+        table[arm]["vs_base"] = base and {"arm": base, **(paired_difference(work, arm, base, steps, runs) or {})}
     return {
         "benchmark": "slices_study",
         "complete": all(not row["missing"] for row in table.values()),
@@ -357,22 +364,31 @@ def summary(args, work: Path, arms: list[str]) -> dict:
     }
 
 
-def per_image(work: Path, arm: str, steps: int) -> dict[tuple, float]:
-    """(fold, seed, image) -> the image's threshold-averaged Dice, for one arm at one budget."""
+def base_arm(arm: str) -> str | None:
+    """The arm this one adds one thing to: the model an ensemble or TTA arm predicts with, else BUILDS_ON."""
+    if arm.startswith("ensemble:"):
+        return arm.removeprefix("ensemble:")
+    return PREDICTED.get(arm) or BUILDS_ON.get(arm)
+
+
+def per_image(work: Path, arm: str, steps: int, runs: set[tuple[int, int]]) -> dict[tuple, float]:
+    """(fold, seed, image) -> the image's threshold-averaged Dice, for one arm at one budget and the given
+    (fold, seed) runs."""
     scores = {}
     for path in (work / "results" / arm.replace(":", "-")).glob("*.json"):
         result = json.loads(path.read_text())
-        if result["steps"] == steps:
+        if result["steps"] == steps and (result["fold"], result["seed"]) in runs:
             for image in result["images"]:
                 scores[(result["fold"], result["seed"], image["case"])] = float(np.mean(image["dice_per_threshold"]))
     return scores
 
 
-def paired_difference(work: Path, arm: str, baseline: str, steps: int, draws: int = 10000) -> dict | None:
+def paired_difference(work: Path, arm: str, baseline: str, steps: int, runs: set[tuple[int, int]],
+                      draws: int = 10000) -> dict | None:
     """The arm's threshold-averaged Dice minus the baseline's on the same images, folds and seeds (an ensemble or
     TTA arm: the seeds it shares), with a 95% bootstrap interval over images: the arms' difference without the
     fold-to-fold spread that both share."""
-    ours, theirs = per_image(work, arm, steps), per_image(work, baseline, steps)
+    ours, theirs = per_image(work, arm, steps, runs), per_image(work, baseline, steps, runs)
     shared = sorted(set(ours) & set(theirs))
     if not shared:
         return None
