@@ -334,6 +334,8 @@ def summary(args, work: Path, arms: list[str]) -> dict:
             "overrides": TRAINED.get(arm, []), "per_seed": seeds,
             "folds_done": sorted({r["fold"] for r in results}),
             "folds_per_seed": {seed: sorted(r["fold"] for r in results if r["seed"] == seed) for seed in seeds},
+            "per_run": {f"fold{r['fold']}-seed{r['seed']}": {k: round(r[k], 4) for k in ("threshold_dice", "hard_dice")}
+                        for r in sorted(results, key=lambda r: (r["seed"], r["fold"]))},
             "missing": [f"fold{f}-seed{s}" for f, s in sorted(wanted - done)],
             "other_budgets": sorted({f"fold{r['fold']}-seed{r['seed']}: {r['steps']} steps"
                                      for r in found if r["steps"] != steps}),
