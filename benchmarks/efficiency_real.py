@@ -13,8 +13,9 @@ benchmarks/results/efficiency_real.json (+ .png) with every point, and `complete
 
 Settings: those of benchmarks/slices_study.py's `narrow_resize` arm, so that the curve's last point is that study's
 arm: slices resized to 256 x 256, the default 2D U-Net at half width (features 16..256, 6 stages), batch 8,
-`--epochs` epochs of 25 batches (default 12: 300 steps), 1 loader worker; test on each fold's 10 held-out slices (LesionDSC, NSD-3mm at
-spacing 1: pixels). `--tiny` runs a few steps at 64 x 64 on one fold, one seed, 5 labelled slices, one method (the
+`--epochs` epochs of 25 batches (default 12: 300 steps), 1 loader worker (`--size 128` resizes to 128 x 128
+instead: a quarter of the CPU time per step, so a whole curve fits a working day on 2 cores); test on each fold's
+10 held-out slices (LesionDSC, NSD-3mm at spacing 1: pixels). `--tiny` runs a few steps at 64 x 64 on one fold, one seed, 5 labelled slices, one method (the
 results go to the JSON only when --out says so).
 """
 
@@ -52,7 +53,7 @@ def import_slices(shared: Path, data: Path) -> None:
 
 def settings(args) -> tuple[list[str], list[str]]:
     """(covlight.efficiency options, covlight overrides)."""
-    size = 64 if args.tiny else 256
+    size = 64 if args.tiny else args.size
     overrides = [
         "task=custom", f"task.name={LABELLED}", "task.num_folds=5", "subtask=infection", "model=unet2d",
         f"paths.data_dir={args.work / 'data'}", "logger=csv", "data.slices.policy=resize",
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", default="0,1,2,3,4", help="e.g. 0,1 first: every point on two folds")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--epochs", type=int, default=12, help="epochs of 25 batches (12: slices_study's 300 steps)")
+    parser.add_argument("--size", type=int, default=256,
+                        help="slices are resized to SIZE x SIZE (256: slices_study's; 128: a quarter of the CPU time)")
     parser.add_argument("--tiny", action="store_true", help="a quick check of the whole pipeline")
     parser.add_argument("--out", type=Path, help="the JSON to write (default: benchmarks/results/efficiency_real.json; "
                                                  "none with --tiny)")
