@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import shutil
 import statistics
 import sys
@@ -58,6 +57,7 @@ from covlight.config import conf_dir, read_status
 from covlight.data.canonical import read_dataset
 from covlight.data.custom_split import kfold
 from covlight.metrics.results import CaseResults
+from covlight.report.efficiency import interval
 from covlight.train import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,6 +91,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="1 fold, 1 seed, 1 round, a tiny net for 4 steps: the whole loop in minutes, into "
                              "<work>/quick (the committed results are not touched)")
+    parser.add_argument("--summary-only", action="store_true",
+                        help="train nothing: write the summary and figure from the result files there are")
     args = parser.parse_args()
     settings = dict(QUICK if args.quick else FULL)
     settings["fold_subset"] = args.folds or settings.get("fold_subset") or list(range(settings["folds"]))
@@ -111,7 +113,7 @@ def main() -> None:
     log(f"{len(jobs)} sequences (strategies {strategies} x folds {settings['fold_subset']} x seeds "
         f"{settings['seeds']}), {settings['rounds'] + 1} rounds each, {settings['steps']} steps per model; "
         f"results in {work / 'results'}")
-    for strategy, fold, seed in jobs:
+    for strategy, fold, seed in [] if args.summary_only else jobs:
         held_out = sorted(case for _, case in folds[fold])
         training = [case for case in cases if case not in held_out]
         for _ in sequence(strategy, fold, seed, training, held_out, root, work, settings):
@@ -251,10 +253,10 @@ def summarise(results: Path, strategies: list[str], settings: dict) -> dict:
             point = {"round": round_, "n_labelled": pairs[0][0]["n_labelled"], "pairs": len(pairs)}
             for column in COLUMNS:
                 differences = [ours[column] - theirs[column] for ours, theirs in pairs]
-                mean = statistics.mean(differences)
+                mean, low, high = interval(differences)
                 std = statistics.stdev(differences) if len(differences) > 1 else 0.0
-                half = 1.96 * std / math.sqrt(len(differences))
-                point[column] = {"mean": mean, "std": std, "ci95": [mean - half, mean + half]}
+                ci95 = None if len(differences) < 2 else [low, high]  # t-interval over the pairs
+                point[column] = {"mean": mean, "std": std, "ci95": ci95}
             gains[strategy].append(point)
     missing = [key for key in expected if key not in found]
     return {"complete": not missing, "missing": len(missing), "curves": curves, "gain_over_random": gains}
@@ -286,8 +288,8 @@ def figure(summary: dict, settings: dict, path: Path) -> None:
             continue
         x = [p["n_labelled"] for p in points]
         mean = np.array([p["LesionDSC"]["mean"] for p in points])
-        low = np.array([p["LesionDSC"]["ci95"][0] for p in points])
-        high = np.array([p["LesionDSC"]["ci95"][1] for p in points])
+        low = np.array([(p["LesionDSC"]["ci95"] or [np.nan])[0] for p in points])
+        high = np.array([(p["LesionDSC"]["ci95"] or [np.nan, np.nan])[1] for p in points])
         gain_axis.plot(x, mean, marker="o", label=strategy, color=COLOURS[strategy])
         gain_axis.fill_between(x, low, high, color=COLOURS[strategy], alpha=0.15)
     gain_axis.axhline(0, color="k", lw=0.8)
