@@ -67,9 +67,18 @@ def settings(args) -> tuple[list[str], list[str]]:
     if args.tiny:
         options = ["--cases", "5", "--folds", "0", "--seeds", "0", "--method", "supervised"]
     else:
-        options = ["--cases", "5,10,25,all", "--folds", args.folds, "--seeds", args.seeds,
-                   "--method", "supervised", "--method", mean_teacher]
+        methods = {"supervised": "supervised", "mean_teacher": mean_teacher}
+        options = ["--cases", "5,10,25,all", "--folds", args.folds, "--seeds", args.seeds]
+        for method in args.methods.split(","):
+            options += ["--method", methods[method]]
     return options, overrides
+
+
+def _methods(text: str) -> str:
+    unknown = set(text.split(",")) - {"supervised", "mean_teacher"}
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown method(s) {sorted(unknown)}: give supervised, mean_teacher or both")
+    return text
 
 
 def _number(cell: str) -> float | None:
@@ -102,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, required=True, help="imported data, runs and report (kept to resume)")
     parser.add_argument("--folds", default="0,1,2,3,4", help="e.g. 0,1 first: every point on two folds")
     parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--methods", default="supervised,mean_teacher",
+                        type=_methods, help="supervised, mean_teacher or both")
     parser.add_argument("--epochs", type=int, default=12, help="epochs of 25 batches (12: slices_study's 300 steps)")
     parser.add_argument("--size", type=int, default=256,
                         help="slices are resized to SIZE x SIZE (256: slices_study's; 128: a quarter of the CPU time)")
