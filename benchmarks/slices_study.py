@@ -65,6 +65,11 @@ NARROW = ["model.module.net.features_per_stage=[16,32,64,128,256,256]"]
 # The one factor that helped on the 2-fold screen (flips did not add to it); the semi-supervised arms are built on
 # it (part 5).
 RECIPE = [*NARROW, *RESIZE]
+# The net and optimizer of benchmarks/active_learning.py (4 stages of 16..128 features, dropout 0.1, AdamW at lr 1e-3),
+# which scored higher on the same held-out slices than the half-width 6-stage net with SGD did in
+# benchmarks/efficiency_real.py at 128 x 128: is it the better recipe at this budget?
+SMALL_ADAMW = ["model.module.net.features_per_stage=[16,32,64,128]", "model.module.net.strides=[1,2,2,2]",
+               "model.module.net.dropout=0.1", "optimizer=adamw", "model.module.optimizer.lr=1e-3"]
 TRAINED = {
     "default": [],
     "resize": RESIZE,  # experiments/slices2d.yaml as shipped: today's width, every slice resized
@@ -74,6 +79,9 @@ TRAINED = {
     "narrow_resize": [*NARROW, *RESIZE],
     "narrow_adamw": [*NARROW, "optimizer=adamw"],
     "narrow_resize_flips": [*NARROW, *RESIZE, *FLIPS],
+    "small_adamw_resize": [*SMALL_ADAMW, *RESIZE],
+    "small_adamw_resize128": [*SMALL_ADAMW, "data.slices.policy=resize", "data.slices.size=[128,128]",
+                              "model.patch_size=[128,128,1]"],
     "narrow_resize_mean_teacher": [*RECIPE, "method=mean_teacher", *SEMI],
     "narrow_resize_ua_mt": [*RECIPE, "method=ua_mt", *SEMI],
     "narrow_resize_cps": [*RECIPE, "method=cps", *SEMI],
@@ -82,6 +90,7 @@ TRAINED = {
 # arm -> the arm it adds one factor to (the summary's paired "vs_base" difference)
 BUILDS_ON = {"resize": "default", "wide": "default", "narrow": "default", "narrow_flips_rot90": "narrow",
              "narrow_resize": "narrow", "narrow_adamw": "narrow", "narrow_resize_flips": "narrow_resize",
+             "small_adamw_resize": "narrow_resize", "small_adamw_resize128": "small_adamw_resize",
              **{arm: "narrow_resize" for arm in TRAINED if arm.startswith("narrow_resize_")}}
 # arm -> the trained arm it predicts with --mirror
 PREDICTED = {"narrow_tta": "narrow", "default_tta": "default", "narrow_resize_flips_tta": "narrow_resize_flips",
