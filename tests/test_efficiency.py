@@ -14,7 +14,7 @@ from scipy import stats
 from covlight.efficiency import main as efficiency
 from covlight.efficiency import points
 from covlight.report.__main__ import main as report
-from covlight.report.efficiency import budget_name, interval, method_of
+from covlight.report.efficiency import budget_name, drawn_lines, interval, method_of
 from tests.helpers.runs import REPO
 
 SCORES = {  # (cases, slices per case) -> the LesionDSC of the runs' two test cases, per seed
@@ -53,6 +53,22 @@ def fake_run(root, cases, slices, seed, values, budget=True):
         (path / "annotation_budget.json").write_text(json.dumps({
             "labelled_cases": labelled, "annotated_slices": labelled * (slices or DEPTH), "cases": cases,
             "slices_per_case": slices, "strategy": "evenly", "seed": seed}))
+
+
+def test_the_plot_leaves_out_a_line_through_the_full_label_point_alone():
+    def point(cases, slices):
+        return {"labelled_cases": cases, "slices_per_case": slices}
+
+    cases_swept = {("unet", "labelled cases"): [point(5, "all"), point("all", "all")],
+                   ("unet", "slices per case"): [point("all", "all")],
+                   ("mt", "labelled cases"): [point(5, "all"), point("all", "all")],
+                   ("mt", "slices per case"): [point("all", "all")]}
+    assert sorted(drawn_lines(cases_swept)) == [("mt", "labelled cases"), ("unet", "labelled cases")]
+    both_swept = {**cases_swept, ("unet", "slices per case"): [point("all", 1), point("all", "all")]}
+    assert ("unet", "slices per case") in drawn_lines(both_swept)
+    full_labels_only = {("unet", "labelled cases"): [point("all", "all")],
+                        ("unet", "slices per case"): [point("all", "all")]}
+    assert len(drawn_lines(full_labels_only)) == 2  # nothing else to show the point on
 
 
 def test_report_gains_the_efficiency_plot_and_table(tmp_path, capsys):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -119,9 +120,25 @@ def _order(item) -> tuple:
             big if cases is None else cases, big if slices is None else slices)
 
 
+def drawn_lines(by_line: dict[tuple, list[dict]]) -> dict[tuple, list[dict]]:
+    """The (method, line)s to draw: a line whose only point is the full-label one (a study that swept cases alone
+    still has a "slices per case" line through it) is left out when its method has another line."""
+    def full_label_only(points):
+        return all(p["labelled_cases"] == "all" and p["slices_per_case"] == "all" for p in points)
+
+    kept = {}
+    for (method, line), points in by_line.items():
+        others = [key for key in by_line if key[0] == method and key[1] != line]
+        if full_label_only(points) and any(not full_label_only(by_line[key]) for key in others):
+            continue
+        kept[method, line] = points
+    return kept
+
+
 def draw_efficiency(rows: list[dict], path: Path, minutes_per_slice: float | None = None) -> None:
-    """Score (%) against annotated slices (log axis): a row of panels per (setting, test set), one panel per
-    (structure, metric), a line per (method, line) with its 95% intervals."""
+    """Score (%) against annotated slices (log axis, ticks at the budgets): a row of panels per (setting, test set),
+    one panel per (structure, metric), a line per (method, line) with its 95% intervals (cut to 0-100%), the
+    methods' points set a little apart so that equal scores stay visible."""
     panels: dict[tuple, dict[tuple, dict[tuple, list[dict]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for row in rows:
         panel = ((row["task"], row["source"], row["subtask"], row["variant"]), row["dataset"])
@@ -129,23 +146,29 @@ def draw_efficiency(rows: list[dict], path: Path, minutes_per_slice: float | Non
     width = max(len(cells) for cells in panels.values())
     figure = Figure(figsize=(4.2 * width, 3.6 * len(panels)), layout="constrained")
     axes = figure.subplots(len(panels), width, squeeze=False)
-    lines = sorted({key for cells in panels.values() for by_line in cells.values() for key in by_line})
+    lines = sorted({key for cells in panels.values() for by_line in cells.values() for key in drawn_lines(by_line)})
     colours = {key: f"C{i % 10}" for i, key in enumerate(lines)}
+    methods = sorted({method for method, _ in lines})
     for row_axes, ((setting, dataset), cells) in zip(axes, panels.items(), strict=False):
         for ax, ((structure, metric), by_line) in zip(row_axes, cells.items(), strict=False):
-            for key, points in sorted(by_line.items()):
+            budgets = set()
+            for key, points in sorted(drawn_lines(by_line).items()):
                 points = sorted(points, key=lambda p: p["annotated_slices"])
                 x = np.array([p["annotated_slices"] for p in points])
+                budgets.update(x.tolist())
+                dodge = math.exp(0.025 * (methods.index(key[0]) - (len(methods) - 1) / 2))
                 y = np.array([100 * p["mean"] for p in points])
-                low = np.array([100 * p["ci95_low"] for p in points])
-                high = np.array([100 * p["ci95_high"] for p in points])
+                low = np.clip([100 * p["ci95_low"] for p in points], 0, 100)
+                high = np.clip([100 * p["ci95_high"] for p in points], 0, 100)
                 error = np.nan_to_num(np.vstack([y - low, high - y]))
-                ax.errorbar(x, y, yerr=error, marker="o", capsize=3, color=colours[key], label=" / ".join(key))
+                ax.errorbar(x * dodge, y, yerr=error, marker="o", capsize=3, color=colours[key],
+                            label=" / ".join(key))
             ax.set_xscale("log")
+            ax.set_xticks(sorted(budgets))
             ax.xaxis.set_major_formatter(ScalarFormatter())
             ax.xaxis.set_minor_formatter(NullFormatter())
-            ax.set_title(f"{STRUCTURE_LABELS[structure]} {METRICS[metric]}\n{setting_label(setting)}, "
-                         f"{dataset_label(dataset, setting[0])}", fontsize=9)
+            where = textwrap.fill(f"{setting_label(setting)}, {dataset_label(dataset, setting[0])}", 60)
+            ax.set_title(f"{STRUCTURE_LABELS[structure]} {METRICS[metric]}\n{where}", fontsize=9)
             ax.set_xlabel("annotated slices" + (f" (x {minutes_per_slice:g} min each)" if minutes_per_slice else ""))
             ax.set_ylabel(f"{METRICS[metric]} (%)")
             ax.grid(alpha=0.3)
