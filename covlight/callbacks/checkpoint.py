@@ -64,7 +64,8 @@ class LastCheckpoint(pl.Callback):
         if trainer.is_global_zero:
             self.dirpath.mkdir(parents=True, exist_ok=True)
         try:
-            trainer.save_checkpoint(temporary)  # rank 0 writes; every rank waits for it
+            # the full state (optimizer, loops, callbacks) for resume; saying so keeps Lightning quiet every epoch
+            trainer.save_checkpoint(temporary, weights_only=False)  # rank 0 writes; every rank waits for it
             if trainer.is_global_zero:
                 fsync_path(temporary)
                 os.replace(temporary, self.path)
