@@ -28,12 +28,16 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine_info  # noqa: E402
 
 from covlight.efficiency import main as efficiency  # noqa: E402
 from covlight.prepare import main as prepare  # noqa: E402
+from covlight.report.collect import collect  # noqa: E402
+from covlight.report.efficiency import interval, method_of  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LABELLED, POOL = "covid_semiseg_train", "covid_semiseg_unlabelled"
@@ -81,6 +85,26 @@ def _methods(text: str) -> str:
     return text
 
 
+def _budget_order(labelled: str) -> int:
+    return 10**9 if labelled == "all" else int(labelled)
+
+
+def pool_gain(per_run: list[dict]) -> list[dict]:
+    """Per budget: mean teacher's LesionDSC minus the supervised run's of the same fold and seed, mean and 95%
+    t-interval over those pairs (none from one pair)."""
+    score = {(r["method"], r["labelled_slices"], r["fold"], r["seed"]): r["LesionDSC"] for r in per_run}
+    gains = []
+    for budget in sorted({r["labelled_slices"] for r in per_run}, key=_budget_order):
+        pairs = [(value, score[("unet2d", budget, fold, seed)])
+                 for (method, labelled, fold, seed), value in score.items()
+                 if method == "mean_teacher_2d" and labelled == budget and ("unet2d", budget, fold, seed) in score]
+        if pairs:
+            mean, low, high = interval([ours - theirs for ours, theirs in pairs])
+            gains.append({"labelled_slices": budget, "pairs": len(pairs), "LesionDSC_difference": round(mean, 4),
+                          "ci95": None if len(pairs) < 2 else [round(low, 4), round(high, 4)]})
+    return gains
+
+
 def _number(cell: str) -> float | None:
     return None if cell == "" else float(cell)
 
@@ -88,10 +112,17 @@ def _number(cell: str) -> float | None:
 def summarise(study: Path, out: Path | None, args, exit_status: int) -> dict:
     with open(study / "report" / "efficiency.csv") as handle:
         rows = [row for row in csv.DictReader(handle) if row["line"] == "labelled cases"]
-    runs = sorted(p.parent.name + "/" + p.name for p in (study / "runs").rglob("status.json"))
+    runs = [run for run in collect([study / "runs"]).runs]
+    per_run = sorted(({"method": method_of(run.name), "labelled_slices": run.name.split("-budget-c")[1].split("-")[0],
+                       "fold": run.fold, "seed": run.seed,
+                       **{column: round(float(np.nanmean([case[column] for case in run.cases])), 4)
+                          for column in ("LesionDSC", "LesionNSD-3mm")}} for run in runs),
+                     key=lambda r: (r["method"], _budget_order(r["labelled_slices"]), r["fold"], r["seed"]))
     result = {
         "what": __doc__.split("\n\n")[0], "settings": settings(args), "machine": machine_info(),
-        "complete": exit_status == 0, "runs_found": len(runs),
+        "folds": args.folds, "seeds": args.seeds, "size": args.size,
+        "complete": exit_status == 0,  # every run this command asked for finished (those folds and seeds only)
+        "runs_found": len(runs), "per_run": per_run, "pool_gain": pool_gain(per_run),
         "points": [{"method": r["method"], "labelled_slices": r["labelled_cases"],
                     "annotated_slices": float(r["annotated_slices"]), "structure": r["structure"],
                     "metric": r["metric"], "mean": float(r["mean"]),
