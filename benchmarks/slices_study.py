@@ -70,6 +70,7 @@ RECIPE = [*NARROW, *RESIZE]
 # benchmarks/efficiency_real.py at 128 x 128: is it the better recipe at this budget?
 SMALL_ADAMW = ["model.module.net.features_per_stage=[16,32,64,128]", "model.module.net.strides=[1,2,2,2]",
                "model.module.net.dropout=0.1", "optimizer=adamw", "model.module.optimizer.lr=1e-3"]
+SMALL128 = [*SMALL_ADAMW, "data.slices.policy=resize", "data.slices.size=[128,128]", "model.patch_size=[128,128,1]"]
 TRAINED = {
     "default": [],
     "resize": RESIZE,  # experiments/slices2d.yaml as shipped: today's width, every slice resized
@@ -80,8 +81,12 @@ TRAINED = {
     "narrow_adamw": [*NARROW, "optimizer=adamw"],
     "narrow_resize_flips": [*NARROW, *RESIZE, *FLIPS],
     "small_adamw_resize": [*SMALL_ADAMW, *RESIZE],
-    "small_adamw_resize128": [*SMALL_ADAMW, "data.slices.policy=resize", "data.slices.size=[128,128]",
-                              "model.patch_size=[128,128,1]"],
+    "small_adamw_resize128": SMALL128,
+    # The semi-supervised methods on the 4x cheaper small net at 128 x 128, each at its default weight, and mean
+    # teacher at 10x its default (at 0.1 its consistency term hardly moved the 300-step runs).
+    **{f"small128_{method}": [*SMALL128, f"method={method}", *SEMI]
+       for method in ("mean_teacher", "ua_mt", "cps", "entropy_min")},
+    "small128_mean_teacher_w1": [*SMALL128, "method=mean_teacher", *SEMI, "model.module.unsupervised_weight=1.0"],
     "narrow_resize_mean_teacher": [*RECIPE, "method=mean_teacher", *SEMI],
     "narrow_resize_ua_mt": [*RECIPE, "method=ua_mt", *SEMI],
     "narrow_resize_cps": [*RECIPE, "method=cps", *SEMI],
@@ -91,7 +96,8 @@ TRAINED = {
 BUILDS_ON = {"resize": "default", "wide": "default", "narrow": "default", "narrow_flips_rot90": "narrow",
              "narrow_resize": "narrow", "narrow_adamw": "narrow", "narrow_resize_flips": "narrow_resize",
              "small_adamw_resize": "narrow_resize", "small_adamw_resize128": "small_adamw_resize",
-             **{arm: "narrow_resize" for arm in TRAINED if arm.startswith("narrow_resize_")}}
+             **{arm: "narrow_resize" for arm in TRAINED if arm.startswith("narrow_resize_")},
+             **{arm: "small_adamw_resize128" for arm in TRAINED if arm.startswith("small128_")}}
 # arm -> the trained arm it predicts with --mirror
 PREDICTED = {"narrow_tta": "narrow", "default_tta": "default", "narrow_resize_flips_tta": "narrow_resize_flips",
              "narrow_resize_tta": "narrow_resize"}

@@ -290,3 +290,29 @@ def test_the_poly_schedule_is_nnunets_formula():
                                                                 abs=1e-15)
         optimizer.step()
         scheduler.step()
+
+
+# ------------------------------------------------------------------------------------------ the slice study's arms
+def test_every_slice_study_arm_composes_and_builds_what_it_names(tmp_path):
+    """An arm whose overrides do not compose, or do not reach the module, would only fail hours into the study."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import slices_study
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    for arm, overrides in slices_study.TRAINED.items():
+        cfg = compose_config([*slices_study.BASE, *overrides, f"paths.output_dir={tmp_path}"])
+        module = instantiate(cfg.model.module)
+        assert isinstance(module, SupervisedSegmentation), arm
+        values = dict(o.split("=", 1) for o in overrides)
+        if "method" in values:
+            assert module.__class__.__module__ == f"covlight.methods.{values['method']}", arm
+        if "model.module.unsupervised_weight" in values:
+            assert module.unsupervised_weight == float(values["model.module.unsupervised_weight"]), arm
+        if "model.module.net.features_per_stage" in values:
+            widths = [int(v) for v in values["model.module.net.features_per_stage"].strip("[]").split(",")]
+            assert (len(module.net.encoder), module.net.head.in_channels) == (len(widths), widths[0]), arm
+        optimizer = module.optimizer_factory(module.parameters())
+        assert type(optimizer).__name__.lower() == values.get("optimizer", "sgd"), arm
+        if "model.module.optimizer.lr" in values:
+            assert optimizer.param_groups[0]["lr"] == float(values["model.module.optimizer.lr"]), arm
