@@ -1,13 +1,18 @@
 """The reference arm of benchmarks/slices_study.py: nnU-Net v2's own `2d` configuration on the same folds and the
 same number of optimizer steps, run from its own virtual environment (nnU-Net v2 would move covlight's torch pin).
 
-Set up once (torch named again so pip keeps the CPU build):
+Set up once, with a torch and a torchvision built for each other (torch named with nnunetv2 so pip keeps it):
 
     python -m venv ~/.cache/covlight/nnunet-venv
-    ~/.cache/covlight/nnunet-venv/bin/pip install "torch==2.13.0" && \\
-        ~/.cache/covlight/nnunet-venv/bin/pip install nnunetv2 "torch==2.13.0"
+    ~/.cache/covlight/nnunet-venv/bin/pip install "torch==2.14.1" "torchvision==0.29.1" && \\
+        ~/.cache/covlight/nnunet-venv/bin/pip install nnunetv2 "torch==2.14.1" "torchvision==0.29.1"
 
 then `slices_study.py --arms nnunet_v2 --nnunet-python ~/.cache/covlight/nnunet-venv/bin/python`.
+
+torchvision is not optional: nnUNetv2_train finds a trainer by importing every trainer module, and one of them
+(Primus) imports timm, which imports torchvision. A torchvision that does not match the torch beside it (the
+package index's torchvision next to a CPU build of torch 2.13.0) fails there with "operator torchvision::nms does
+not exist" before training starts. This environment is nnU-Net's own, so covlight's torch pin does not apply to it.
 
 What nnU-Net gets: the 50 slices as 8-bit PNG (its NaturalImage2DIO), labels 0/1, the channel normalised by
 z-score (what its documentation advises for non-CT images; the slices are windowed pictures, not HU), the study's
@@ -16,6 +21,8 @@ changed: `epochs x iterations` equal to the study's steps (nnU-Net finds trainer
 one-class file is written there), 5 validation iterations per epoch instead of 50 (covlight's arms validate
 little too), on the CPU. Prediction: nnUNetv2_predict of the fold's model with --save_probabilities (its default
 test-time mirroring on, as nnU-Net predicts).
+On these 50 slices nnU-Net plans a batch of 2 patches of 448 x 384 and a 7-stage net of 32..512 features; on
+the CPU its trainer uses every core whatever OMP_NUM_THREADS says.
 """
 
 from __future__ import annotations

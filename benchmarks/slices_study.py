@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info  # noqa: E402
 from nnunet_v2_arm import NnUNetV2  # noqa: E402
 
-from covlight.atomic import write_json  # noqa: E402
+from covlight.atomic import replacing, write_json  # noqa: E402
 from covlight.benchmark import METRICS_FILE, STRUCTURES  # noqa: E402
 from covlight.data.custom_split import custom_split  # noqa: E402
 from covlight.metrics import dice, normalized_surface_dice  # noqa: E402
@@ -124,8 +124,7 @@ def main(argv=None) -> int:
         print(f"the {REFERENCE} arm needs --nnunet-python (see benchmarks/nnunet_v2_arm.py)", file=sys.stderr)
         return 2
     if args.summary_only:
-        write_json(args.out, summary(args, work, arms))
-        print(f"wrote {args.out}")
+        write_summary(args, work, arms)
         return 0
     import_data(source, work, needs_pool=any(a in TRAINED and SEMI[0] in TRAINED[a] for a in arms))
     jobs = [(arm, fold, seed) for arm in arms for fold in args.folds for seed in
@@ -143,9 +142,8 @@ def main(argv=None) -> int:
         print(f"  threshold-averaged Dice {outcome['threshold_dice']:.4f}, hard Dice {outcome['hard_dice']:.4f}, "
               f"DSC {outcome['dsc']:.4f}, NSD {outcome['nsd']:.4f} ({outcome['train_seconds']:.0f} s training)",
               flush=True)
-        write_json(args.out, summary(args, work, arms))  # after each result: an interrupted study still says what it has
-    write_json(args.out, summary(args, work, arms))
-    print(f"wrote {args.out}")
+        write_summary(args, work, arms, quiet=True)  # after each result: an interrupted study still says what it has
+    write_summary(args, work, arms)
     return 0
 
 
@@ -379,6 +377,56 @@ def summary(args, work: Path, arms: list[str]) -> dict:
         "machine": machine_info(),
         "arms": table,
     }
+
+
+def write_summary(args, work: Path, arms: list[str], quiet: bool = False) -> None:
+    """The JSON summary at --out and its figure beside it (.png)."""
+    table = summary(args, work, arms)
+    write_json(args.out, table)
+    figure(table, args.out.with_suffix(".png"))
+    if not quiet:
+        print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+
+
+FOLD_MARKERS = "os^Dv"
+
+
+def figure(table: dict, path: Path) -> None:
+    """Left: each run's threshold-averaged Dice (a dot per fold x seed, the bar at the mean over seeds); right: the
+    paired difference from the half-width baseline with its 95% interval. Arms with no result are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = [arm for arm, row in table["arms"].items() if row["per_run"]]
+    fig, (runs_axis, gain_axis) = plt.subplots(1, 2, figsize=(12, 0.45 * len(arms) + 1.6), dpi=110, sharey=True)
+    for y, arm in enumerate(arms):
+        row = table["arms"][arm]
+        for name, run in row["per_run"].items():
+            fold, seed = (int(part) for part in name.removeprefix("fold").split("-seed"))
+            runs_axis.plot(run["threshold_dice"], y + 0.12 * (seed - 0.5), FOLD_MARKERS[fold % len(FOLD_MARKERS)],
+                           ms=5, alpha=0.7, color="tab:blue" if seed == 0 else "tab:orange")
+        runs_axis.plot([row["threshold_dice_mean"]] * 2, [y - 0.3, y + 0.3], color="k", lw=2)
+        difference = row.get("vs_narrow")
+        if difference:
+            low, high = difference["ci95"]
+            centre = difference["threshold_dice_difference"]
+            gain_axis.errorbar(centre, y, xerr=[[centre - low], [high - centre]], fmt="o", capsize=3,
+                               color="tab:green" if low > 0 else "tab:red" if high < 0 else "tab:gray")
+            gain_axis.annotate(f"n={difference['pairs']}", (high, y), xytext=(4, -3), textcoords="offset points",
+                               fontsize=7)
+    runs_axis.set_yticks(range(len(arms)), arms, fontsize=8)
+    runs_axis.invert_yaxis()
+    runs_axis.set_xlabel("threshold-averaged Dice on the held-out slices")
+    runs_axis.set_title(f"each run: marker = fold ({' '.join(FOLD_MARKERS)}), blue = seed 0, orange = seed 1;\n"
+                        f"bar: mean over seeds; {table['budget']['steps']} steps", fontsize=9)
+    gain_axis.axvline(0, color="k", lw=0.8)
+    gain_axis.set(xlabel="minus narrow's, same images [95% bootstrap CI]", title="vs the half-width net (narrow)")
+    fig.tight_layout()
+    with replacing(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
 
 
 def base_arm(arm: str) -> str | None:
