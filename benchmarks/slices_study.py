@@ -109,10 +109,6 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     work = args.work.expanduser().resolve()
     source = args.shared.expanduser().resolve()
-    if not (source / TRAIN_FOLDER / "Imgs").is_dir():
-        print(f"{source / TRAIN_FOLDER} not found: give --shared the folder that holds covid_semiseg_train",
-              file=sys.stderr)
-        return 2
     arms = args.arms.split(",") if args.arms else SCREEN
     unknown = [a for a in arms if a not in TRAINED and a not in PREDICTED and a != REFERENCE
                and not a.startswith("ensemble:")]
@@ -120,12 +116,16 @@ def main(argv=None) -> int:
         print(f"unknown arm(s) {unknown}: choose from {sorted(TRAINED) + sorted(PREDICTED) + [REFERENCE]} or "
               "ensemble:<arm>", file=sys.stderr)
         return 2
-    if REFERENCE in arms and not args.nnunet_python:
-        print(f"the {REFERENCE} arm needs --nnunet-python (see benchmarks/nnunet_v2_arm.py)", file=sys.stderr)
-        return 2
     if args.summary_only:
         write_summary(args, work, arms)
         return 0
+    if REFERENCE in arms and not args.nnunet_python:
+        print(f"the {REFERENCE} arm needs --nnunet-python (see benchmarks/nnunet_v2_arm.py)", file=sys.stderr)
+        return 2
+    if not (source / TRAIN_FOLDER / "Imgs").is_dir():
+        print(f"{source / TRAIN_FOLDER} not found: give --shared the folder that holds covid_semiseg_train",
+              file=sys.stderr)
+        return 2
     import_data(source, work, needs_pool=any(a in TRAINED and SEMI[0] in TRAINED[a] for a in arms))
     jobs = [(arm, fold, seed) for arm in arms for fold in args.folds for seed in
             ([min(args.seeds)] if arm.startswith("ensemble:") else args.seeds)]

@@ -33,8 +33,8 @@ def write_result(study, work: Path, arm: str, fold: int, seed: int, per_image: d
 
 
 def test_summary_pairs_images_and_draws_the_figure(slices_study, tmp_path):
-    shared = tmp_path / "shared"
-    (shared / slices_study.TRAIN_FOLDER / "Imgs").mkdir(parents=True)
+    """A summary needs the result files only (not the shared data, nor nnU-Net's environment for its arm); it pairs
+    only images both arms scored."""
     work = tmp_path / "work"
     narrow = {0: {"1": 0.5, "2": 0.7}, 1: {"3": 0.4, "4": 0.6}}
     resize = {0: {"1": 0.6, "2": 0.7}, 1: {"3": 0.6}}  # image 4 of fold 1 missing: it is not paired
@@ -43,8 +43,8 @@ def test_summary_pairs_images_and_draws_the_figure(slices_study, tmp_path):
     for fold, images in resize.items():
         write_result(slices_study, work, "narrow_resize", fold, 0, images)
     out = tmp_path / "summary.json"
-    code = slices_study.main(["--shared", str(shared), "--work", str(work), "--summary-only", "--folds", "0,1,2",
-                              "--seeds", "0", "--arms", "narrow,narrow_resize,wide", "--out", str(out)])
+    code = slices_study.main(["--shared", str(tmp_path / "absent"), "--work", str(work), "--summary-only", "--folds", "0,1,2",
+                              "--seeds", "0", "--arms", "narrow,narrow_resize,wide,nnunet_v2", "--out", str(out)])
     assert code == 0
     arms = json.loads(out.read_text())["arms"]
     difference = arms["narrow_resize"]["vs_narrow"]
