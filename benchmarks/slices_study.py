@@ -101,6 +101,7 @@ BUILDS_ON = {"resize": "default", "wide": "default", "narrow": "default", "narro
 # arm -> the trained arm it predicts with --mirror
 PREDICTED = {"narrow_tta": "narrow", "default_tta": "default", "narrow_resize_flips_tta": "narrow_resize_flips",
              "narrow_resize_tta": "narrow_resize"}
+SHIPPED = "resize"  # experiments/slices2d.yaml: every arm is also compared with it (vs_shipped)
 REFERENCE = "nnunet_v2"  # nnU-Net v2's own 2d configuration, in its own environment (benchmarks/nnunet_v2_arm.py)
 SCREEN = ["narrow", "narrow_tta", "narrow_flips_rot90", "narrow_resize", "narrow_adamw", "default", "resize", "wide"]
 
@@ -362,6 +363,7 @@ def summary(args, work: Path, arms: list[str]) -> dict:
     steps, runs = args.epochs * args.batches, {(f, s) for f in args.folds for s in args.seeds}
     for arm in arms:
         table[arm]["vs_narrow"] = paired_difference(work, arm, "narrow", steps, runs) if arm != "narrow" else None
+        table[arm]["vs_shipped"] = paired_difference(work, arm, SHIPPED, steps, runs) if arm != SHIPPED else None
         base = base_arm(arm)
         table[arm]["vs_base"] = base and {"arm": base, **(paired_difference(work, arm, base, steps, runs) or {})}
     return {
