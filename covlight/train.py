@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -112,6 +113,7 @@ def run(cfg: DictConfig) -> dict:
 
     Returns {"test": per-dataset summary of the test scores, "validation": the last validation metrics}.
     """
+    log_lightning_once()
     job = job_tasks()
     export_distributed_env(job)
     check_combination(cfg)
@@ -140,6 +142,14 @@ def run(cfg: DictConfig) -> dict:
     finally:
         release_run_dir(run_dir)
     return summary
+
+
+def log_lightning_once() -> None:
+    """Lightning gives its `lightning` logger a console handler of its own when it is imported, which happens after
+    Hydra has set up the root's handlers: each of its messages was printed twice. Where the root has handlers
+    (a Hydra run), Lightning's messages go through them only, to the console and the run's log file."""
+    if logging.getLogger().handlers:
+        logging.getLogger("lightning").handlers.clear()
 
 
 def _hydra_value(key: str):
@@ -207,8 +217,12 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, resuming: bool) -> dict:
     for logger in trainer.loggers:
         logger.log_hyperparams(config)
     if trains and not cfg.test_only:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint_to_resume(cfg, run_dir, last, resuming),
-                    weights_only=True)
+        with warnings.catch_warnings():
+            # Lightning cautions against any IterableDataset with a length; PatchStream gives each loader worker
+            # its own share of the epoch (covlight/data/patches.py), so its length is exact.
+            warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+            trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint_to_resume(cfg, run_dir, last, resuming),
+                        weights_only=True)
     validation = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
     test_checkpoint = None
     if trains and not cfg.test_only and not trainer.fast_dev_run:

@@ -96,6 +96,9 @@ def test_3d_cli_run_with_offline_wandb(phantom_root, tmp_path):
                f"paths.output_root={tmp_path}"]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert output.count("GPU available") == 1, output  # Lightning's messages once, through Hydra's handlers
+    assert "ambiguous collection" not in output and "`IterableDataset` has `__len__`" not in output
     (run_dir,) = (tmp_path / "task1" / "lung" / "unet3d" / "fold0-seed0").iterdir()
     assert read_status(run_dir)["state"] == "finished"
     rows = read_metrics(run_dir / "metrics.csv")

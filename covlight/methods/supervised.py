@@ -115,7 +115,8 @@ class SupervisedSegmentation(pl.LightningModule):
         image, target = self.batch_tensors(batch)
         loss = self.supervised_loss(self.net(image), target)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=image.shape[0])
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True,
+                 batch_size=image.shape[0])
         return loss
 
     # ------------------------------------------------------------------------ validation (pseudo-Dice)
