@@ -8,9 +8,10 @@ infection tolerance, 3 px: slices have no spacing), and the threshold-averaged D
 
     python benchmarks/slices_study.py --shared ../shared/data --out benchmarks/results/slices_study.json
 
-It is long on 2 cores, so it is resumable: each arm x fold x seed writes its own result file under
-<work>/results/ the moment it is scored, and a rerun skips what exists (a run killed while training resumes from
-its last checkpoint: resume=auto). `--arms`, `--folds` and `--seeds` choose a part (screen on 2 folds first);
+It is long on 2 cores, so it is resumable: each arm x fold x seed writes its own result file (the per-image scores,
+a few kB) under --results, benchmarks/results/slices_study/ in the repository, the moment it is scored, and a rerun
+skips what exists (a run killed while training resumes from its last checkpoint under --work: resume=auto). The
+result files are committed: the study outlives the machine that ran it, and anyone can redo the summary. `--arms`, `--folds` and `--seeds` choose a part (screen on 2 folds first);
 the JSON, rewritten after every result (or by `--summary-only`), summarises the result files that exist and names
 the missing ones. `--quick` checks the whole path in a
 few minutes (tiny budget, its own work folder); its figures mean nothing.
@@ -34,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+RESULTS = Path(__file__).resolve().parent / "results" / "slices_study"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info  # noqa: E402
@@ -131,7 +134,7 @@ def main(argv=None) -> int:
     jobs = [(arm, fold, seed) for arm in arms for fold in args.folds for seed in
             ([min(args.seeds)] if arm.startswith("ensemble:") else args.seeds)]
     for number, (arm, fold, seed) in enumerate(jobs, start=1):
-        result = result_file(work, arm, fold, seed)
+        result = result_file(args.results, arm, fold, seed)
         if result.is_file():
             continue
         print(f"[{number}/{len(jobs)}] {arm} fold {fold} seed {seed}", flush=True)
@@ -153,6 +156,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--shared", type=Path, default=Path("../shared/data"))
     parser.add_argument("--work", type=Path, default=Path("~/.cache/covlight/slices_study"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/slices_study.json"))
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="the folder of per-run result files (default: the committed ones)")
     parser.add_argument("--arms", help=f"comma-separated (default: the screen, {','.join(SCREEN)})")
     parser.add_argument("--folds", type=lambda s: [int(x) for x in s.split(",")], default=list(range(NUM_FOLDS)))
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0])
@@ -168,6 +173,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         args.epochs, args.batches, args.batch_size = 1, 2, 2
         args.work = args.work.with_name(args.work.name + "_quick")
+        args.results = args.work / "results"  # its figures mean nothing: never beside the study's
     return args
 
 
@@ -191,8 +197,12 @@ def held_out(work: Path, fold: int) -> list[str]:
     return sorted(split.test[DATASET], key=int)
 
 
-def result_file(work: Path, arm: str, fold: int, seed: int) -> Path:
-    return work / "results" / arm.replace(":", "-") / f"fold{fold}-seed{seed}.json"
+def result_file(results: Path, arm: str, fold: int, seed: int) -> Path:
+    return results / arm.replace(":", "-") / f"fold{fold}-seed{seed}.json"
+
+
+def read_results(results: Path, arm: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((results / arm.replace(":", "-")).glob("*.json"))]
 
 
 def overrides(args, work: Path, arm: str, fold: int, seed: int) -> list[str]:
@@ -253,7 +263,8 @@ def run_arm(args, work: Path, source: Path, arm: str, fold: int, seed: int) -> d
     probabilities = predict(work, source, runs, cases, mirror, tag)
     tested = run_test_dsc(runs[0]) if arm in TRAINED else None
     return score(source, cases, probabilities) | {"run_test_dsc": tested,
-        "arm": arm, "fold": fold, "seed": seed, "runs": [str(r) for r in runs], "train_seconds": seconds,
+        "arm": arm, "fold": fold, "seed": seed, "runs": [str(r.relative_to(work)) for r in runs],
+        "train_seconds": seconds,
         "steps": args.epochs * args.batches, "batch_size": args.batch_size,
         "overrides": TRAINED.get(arm, []), "mirror": mirror}
 
@@ -307,17 +318,15 @@ def score(source: Path, cases: list[str], probabilities: dict) -> dict:
         overlap = np.logical_and(hard, truth).sum()
         per_image.append({
             "case": case,
-            "dice_per_threshold": dice_per_threshold(probability, truth).tolist(),
+            # the mean over the 256 thresholds: the papers' figure over images is the mean of these (both are means)
+            "threshold_dice": float(dice_per_threshold(probability, truth).mean()),
             # the papers' rule at the one threshold 0.5 of the raw probability: 0 without a true positive
             "hard_dice": float(2 * overlap / (hard.sum() + truth.sum())) if overlap else 0.0,
             # the benchmark's: NaN when slice and prediction are both empty (left out of the mean)
             "dsc": dice(hard, truth),
             "nsd": normalized_surface_dice(hard, truth, (1.0, 1.0), TOLERANCE),
         })
-    curve = np.mean([image["dice_per_threshold"] for image in per_image], axis=0)
-    return {"images": per_image, "threshold_dice": float(curve.mean()),
-            "hard_dice": mean_of(per_image, "hard_dice"), "dsc": mean_of(per_image, "dsc"),
-            "nsd": mean_of(per_image, "nsd")}
+    return {"images": per_image, **{k: mean_of(per_image, k) for k in ("threshold_dice", "hard_dice", "dsc", "nsd")}}
 
 
 def mean_of(rows: list[dict], key: str) -> float:
@@ -330,20 +339,17 @@ def summary(args, work: Path, arms: list[str]) -> dict:
     seeds), hard Dice, DSC and NSD, and which fold x seed files are still missing."""
     table = {}
     for arm in arms:
-        found = [json.loads(p.read_text()) for p in sorted((work / "results" / arm.replace(":", "-")).glob("*.json"))]
+        found = read_results(args.results, arm)
         steps = args.epochs * args.batches
         results = [r for r in found if r["steps"] == steps  # another budget's results are not pooled with these
                    and r["fold"] in args.folds and r["seed"] in args.seeds]
         by_seed = {}
         for result in results:
-            by_seed.setdefault(result["seed"], []).extend(result["images"])
-        seeds = {}
-        for seed, images in sorted(by_seed.items()):
-            curve = np.mean([image["dice_per_threshold"] for image in images], axis=0)
-            seeds[seed] = {"images": len(images), "threshold_dice": round(float(curve.mean()), 4),
-                           **{k: round(mean_of(images, k), 4) for k in ("hard_dice", "dsc", "nsd")}}
+            by_seed.setdefault(result["seed"], []).append(result)
+        seeds = {seed: seed_scores(runs) for seed, runs in sorted(by_seed.items())}
         done = {(r["fold"], r["seed"]) for r in results}
         wanted = {(f, s) for f in args.folds for s in ([min(args.seeds)] if arm.startswith("ensemble:") else args.seeds)}
+        timed = [r["train_seconds"] for r in results if r["train_seconds"] is not None]
         table[arm] = {
             "overrides": TRAINED.get(arm, []), "per_seed": seeds,
             "folds_done": sorted({r["fold"] for r in results}),
@@ -353,19 +359,20 @@ def summary(args, work: Path, arms: list[str]) -> dict:
             "missing": [f"fold{f}-seed{s}" for f, s in sorted(wanted - done)],
             "other_budgets": sorted({f"fold{r['fold']}-seed{r['seed']}: {r['steps']} steps"
                                      for r in found if r["steps"] != steps}),
-            "train_seconds_per_fold": round(statistics.mean([r["train_seconds"] for r in results]), 1)
-            if results else None,
+            "train_seconds_per_fold": round(statistics.mean(timed), 1) if timed else None,
             **{f"{k}_mean": round(statistics.mean([s[k] for s in seeds.values()]), 4) if seeds else None
-               for k in ("threshold_dice", "hard_dice", "dsc", "nsd")},
+               for k in ("threshold_dice", "hard_dice")},
+            **{f"{k}_mean": round(statistics.mean([s[k] for s in seeds.values()]), 4)
+               if seeds and None not in [s[k] for s in seeds.values()] else None for k in ("dsc", "nsd")},
             **{f"{k}_seed_spread": round(max(s[k] for s in seeds.values()) - min(s[k] for s in seeds.values()), 4)
                if len(seeds) > 1 else None for k in ("threshold_dice", "hard_dice")},
         }
     steps, runs = args.epochs * args.batches, {(f, s) for f in args.folds for s in args.seeds}
     for arm in arms:
-        table[arm]["vs_narrow"] = paired_difference(work, arm, "narrow", steps, runs) if arm != "narrow" else None
-        table[arm]["vs_shipped"] = paired_difference(work, arm, SHIPPED, steps, runs) if arm != SHIPPED else None
+        table[arm]["vs_narrow"] = paired_difference(args.results, arm, "narrow", steps, runs) if arm != "narrow" else None
+        table[arm]["vs_shipped"] = paired_difference(args.results, arm, SHIPPED, steps, runs) if arm != SHIPPED else None
         base = base_arm(arm)
-        table[arm]["vs_base"] = base and {"arm": base, **(paired_difference(work, arm, base, steps, runs) or {})}
+        table[arm]["vs_base"] = base and {"arm": base, **(paired_difference(args.results, arm, base, steps, runs) or {})}
     return {
         "benchmark": "slices_study",
         "complete": all(not row["missing"] for row in table.values()),
@@ -379,6 +386,23 @@ def summary(args, work: Path, arms: list[str]) -> dict:
         "machine": machine_info(),
         "arms": table,
     }
+
+
+def seed_scores(runs: list[dict]) -> dict:
+    """One seed's scores over the images of its runs. A run recovered from an older summary has its means and its
+    image count but no per-image scores: its threshold-averaged and hard Dice still enter, weighted by its images
+    (both are means over images); DSC and NSD, which leave out empty slices, only when every run has its images."""
+    count = sum(run_images(r) for r in runs)
+    scores = {"images": count, **{k: round(sum(r[k] * run_images(r) for r in runs) / count, 4)
+                                  for k in ("threshold_dice", "hard_dice")}}
+    if any(r["images"] is None for r in runs):
+        return scores | {"dsc": None, "nsd": None}
+    images = [image for r in runs for image in r["images"]]
+    return scores | {k: round(mean_of(images, k), 4) for k in ("dsc", "nsd")}
+
+
+def run_images(result: dict) -> int:
+    return len(result["images"]) if result["images"] is not None else result["image_count"]
 
 
 def write_summary(args, work: Path, arms: list[str], quiet: bool = False) -> None:
@@ -438,24 +462,23 @@ def base_arm(arm: str) -> str | None:
     return PREDICTED.get(arm) or BUILDS_ON.get(arm)
 
 
-def per_image(work: Path, arm: str, steps: int, runs: set[tuple[int, int]]) -> dict[tuple, float]:
+def per_image(results: Path, arm: str, steps: int, runs: set[tuple[int, int]]) -> dict[tuple, float]:
     """(fold, seed, image) -> the image's threshold-averaged Dice, for one arm at one budget and the given
-    (fold, seed) runs."""
+    (fold, seed) runs (those with per-image scores)."""
     scores = {}
-    for path in (work / "results" / arm.replace(":", "-")).glob("*.json"):
-        result = json.loads(path.read_text())
-        if result["steps"] == steps and (result["fold"], result["seed"]) in runs:
+    for result in read_results(results, arm):
+        if result["steps"] == steps and (result["fold"], result["seed"]) in runs and result["images"] is not None:
             for image in result["images"]:
-                scores[(result["fold"], result["seed"], image["case"])] = float(np.mean(image["dice_per_threshold"]))
+                scores[(result["fold"], result["seed"], image["case"])] = image["threshold_dice"]
     return scores
 
 
-def paired_difference(work: Path, arm: str, baseline: str, steps: int, runs: set[tuple[int, int]],
+def paired_difference(results: Path, arm: str, baseline: str, steps: int, runs: set[tuple[int, int]],
                       draws: int = 10000) -> dict | None:
     """The arm's threshold-averaged Dice minus the baseline's on the same images, folds and seeds (an ensemble or
     TTA arm: the seeds it shares), with a 95% bootstrap interval over images: the arms' difference without the
     fold-to-fold spread that both share."""
-    ours, theirs = per_image(work, arm, steps, runs), per_image(work, baseline, steps, runs)
+    ours, theirs = per_image(results, arm, steps, runs), per_image(results, baseline, steps, runs)
     shared = sorted(set(ours) & set(theirs))
     if not shared:
         return None

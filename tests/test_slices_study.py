@@ -21,13 +21,13 @@ def slices_study():
     return slices_study
 
 
-def write_result(study, work: Path, arm: str, fold: int, seed: int, per_image: dict[str, float]) -> None:
-    """A result file whose images have a flat Dice curve at the given value (so its threshold-averaged Dice is it)."""
-    images = [{"case": case, "dice_per_threshold": [value] * len(study.THRESHOLDS), "hard_dice": value,
-               "dsc": value, "nsd": value} for case, value in per_image.items()]
+def write_result(study, results: Path, arm: str, fold: int, seed: int, per_image: dict[str, float]) -> None:
+    """A result file whose images score the given value on every score."""
+    images = [{"case": case, "threshold_dice": value, "hard_dice": value, "dsc": value, "nsd": value}
+              for case, value in per_image.items()]
     result = {"images": images, "arm": arm, "fold": fold, "seed": seed, "steps": 300, "batch_size": 8,
               "train_seconds": 10.0, **{key: float(np.mean(list(per_image.values()))) for key in ("threshold_dice", "hard_dice")}}
-    path = study.result_file(work, arm, fold, seed)
+    path = study.result_file(results, arm, fold, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result))
 
@@ -35,16 +35,17 @@ def write_result(study, work: Path, arm: str, fold: int, seed: int, per_image: d
 def test_summary_pairs_images_and_draws_the_figure(slices_study, tmp_path):
     """A summary needs the result files only (not the shared data, nor nnU-Net's environment for its arm); it pairs
     only images both arms scored."""
-    work = tmp_path / "work"
+    results = tmp_path / "results"
     narrow = {0: {"1": 0.5, "2": 0.7}, 1: {"3": 0.4, "4": 0.6}}
     resize = {0: {"1": 0.6, "2": 0.7}, 1: {"3": 0.6}}  # image 4 of fold 1 missing: it is not paired
     for fold, images in narrow.items():
-        write_result(slices_study, work, "narrow", fold, 0, images)
+        write_result(slices_study, results, "narrow", fold, 0, images)
     for fold, images in resize.items():
-        write_result(slices_study, work, "narrow_resize", fold, 0, images)
+        write_result(slices_study, results, "narrow_resize", fold, 0, images)
     out = tmp_path / "summary.json"
-    code = slices_study.main(["--shared", str(tmp_path / "absent"), "--work", str(work), "--summary-only", "--folds", "0,1,2",
-                              "--seeds", "0", "--arms", "narrow,narrow_resize,wide,nnunet_v2", "--out", str(out)])
+    code = slices_study.main(["--shared", str(tmp_path / "absent"), "--work", str(tmp_path / "work"), "--results",
+                              str(results), "--summary-only", "--folds", "0,1,2", "--seeds", "0",
+                              "--arms", "narrow,narrow_resize,wide,nnunet_v2", "--out", str(out)])
     assert code == 0
     arms = json.loads(out.read_text())["arms"]
     difference = arms["narrow_resize"]["vs_narrow"]
@@ -56,3 +57,24 @@ def test_summary_pairs_images_and_draws_the_figure(slices_study, tmp_path):
     assert arms["narrow"]["missing"] == ["fold2-seed0"]
     assert arms["wide"]["per_run"] == {}  # no results: in the JSON, left out of the figure
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_recovered_runs_enter_the_means_but_not_the_pairs(slices_study, tmp_path):
+    """A run recovered from an older summary (its means and image count, no per-image scores) weighs by its images in
+    its seed's threshold-averaged and hard Dice, leaves DSC and NSD unknown, and is paired with nothing."""
+    results = tmp_path / "results"
+    write_result(slices_study, results, "narrow", 0, 0, {"1": 0.5, "2": 0.7})
+    write_result(slices_study, results, "narrow_resize", 0, 0, {"1": 0.7, "2": 0.7})
+    recovered = {"images": None, "image_count": 6, "arm": "narrow", "fold": 1, "seed": 0, "steps": 300,
+                 "batch_size": 8, "train_seconds": None, "threshold_dice": 0.2, "hard_dice": 0.3}
+    slices_study.result_file(results, "narrow", 1, 0).write_text(json.dumps(recovered))
+    out = tmp_path / "summary.json"
+    assert slices_study.main(["--work", str(tmp_path / "work"), "--results", str(results), "--summary-only",
+                              "--folds", "0,1", "--arms", "narrow,narrow_resize", "--out", str(out)]) == 0
+    narrow = json.loads(out.read_text())["arms"]["narrow"]
+    assert narrow["per_seed"]["0"] == {"images": 8, "threshold_dice": pytest.approx((0.5 + 0.7 + 6 * 0.2) / 8, abs=1e-4),
+                                       "hard_dice": pytest.approx((0.5 + 0.7 + 6 * 0.3) / 8, abs=1e-4),
+                                       "dsc": None, "nsd": None}
+    assert narrow["train_seconds_per_fold"] == 10.0  # the recovered run has no time of its own
+    resize = json.loads(out.read_text())["arms"]["narrow_resize"]
+    assert resize["vs_narrow"]["pairs"] == 2 and resize["vs_narrow"]["threshold_dice_difference"] == pytest.approx(0.1)
