@@ -155,7 +155,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shared", type=Path, default=Path("../shared/data"))
     parser.add_argument("--work", type=Path, default=Path("~/.cache/covlight/slices_study"))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/slices_study.json"))
+    parser.add_argument("--out", type=Path, help="the summary JSON (default: benchmarks/results/slices_study.json; "
+                        "with --quick, beside its runs)")
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help="the folder of per-run result files (default: the committed ones)")
     parser.add_argument("--arms", help=f"comma-separated (default: the screen, {','.join(SCREEN)})")
@@ -174,6 +175,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.epochs, args.batches, args.batch_size = 1, 2, 2
         args.work = args.work.with_name(args.work.name + "_quick")
         args.results = args.work / "results"  # its figures mean nothing: never beside the study's
+        args.out = args.out or args.work / "slices_study.json"
+    args.out = args.out or RESULTS.with_suffix(".json")
     return args
 
 

@@ -78,3 +78,13 @@ def test_recovered_runs_enter_the_means_but_not_the_pairs(slices_study, tmp_path
     assert narrow["train_seconds_per_fold"] == 10.0  # the recovered run has no time of its own
     resize = json.loads(out.read_text())["arms"]["narrow_resize"]
     assert resize["vs_narrow"]["pairs"] == 2 and resize["vs_narrow"]["threshold_dice_difference"] == pytest.approx(0.1)
+
+
+def test_quick_check_writes_nothing_beside_the_committed_results(slices_study, tmp_path):
+    """`--quick` (a meaningless tiny budget) keeps its result files and summary beside its runs; the study's own
+    defaults are the committed ones."""
+    quick = slices_study.parse_args(["--quick", "--work", str(tmp_path / "work")])
+    assert tmp_path in quick.results.parents and tmp_path in quick.out.parents
+    study = slices_study.parse_args([])
+    assert study.results == REPO / "benchmarks" / "results" / "slices_study"
+    assert study.out == REPO / "benchmarks" / "results" / "slices_study.json"
