@@ -367,8 +367,7 @@ def summary(args, work: Path, arms: list[str]) -> dict:
                for k in ("threshold_dice", "hard_dice")},
             **{f"{k}_mean": round(statistics.mean([s[k] for s in seeds.values()]), 4)
                if seeds and None not in [s[k] for s in seeds.values()] else None for k in ("dsc", "nsd")},
-            **{f"{k}_seed_spread": round(max(s[k] for s in seeds.values()) - min(s[k] for s in seeds.values()), 4)
-               if len(seeds) > 1 else None for k in ("threshold_dice", "hard_dice")},
+            **seed_spread(by_seed),
         }
     steps, runs = args.epochs * args.batches, {(f, s) for f in args.folds for s in args.seeds}
     for arm in arms:
@@ -402,6 +401,18 @@ def seed_scores(runs: list[dict]) -> dict:
         return scores | {"dsc": None, "nsd": None}
     images = [image for r in runs for image in r["images"]]
     return scores | {k: round(mean_of(images, k), 4) for k in ("dsc", "nsd")}
+
+
+def seed_spread(by_seed: dict[int, list[dict]]) -> dict:
+    """Max minus min over seeds of the threshold-averaged and hard Dice, each seed scored on the folds every seed has
+    run (seeds on different folds would differ by their folds, not their seeds); None with one seed or none shared."""
+    shared = set.intersection(*({r["fold"] for r in runs} for runs in by_seed.values())) if by_seed else set()
+    if len(by_seed) < 2 or not shared:
+        return {"seed_spread_folds": None, "threshold_dice_seed_spread": None, "hard_dice_seed_spread": None}
+    scores = [seed_scores([r for r in runs if r["fold"] in shared]) for runs in by_seed.values()]
+    return {"seed_spread_folds": sorted(shared),
+            **{f"{k}_seed_spread": round(max(s[k] for s in scores) - min(s[k] for s in scores), 4)
+               for k in ("threshold_dice", "hard_dice")}}
 
 
 def run_images(result: dict) -> int:

@@ -88,3 +88,19 @@ def test_quick_check_writes_nothing_beside_the_committed_results(slices_study, t
     study = slices_study.parse_args([])
     assert study.results == REPO / "benchmarks" / "results" / "slices_study"
     assert study.out == REPO / "benchmarks" / "results" / "slices_study.json"
+
+
+def test_seed_spread_compares_seeds_on_the_folds_they_share(slices_study, tmp_path):
+    """Seed 1 has run fold 0 only: the spread is the two seeds' difference on fold 0, not seed 0's two folds against
+    seed 1's one (which here would differ by 0.2 from the folds alone)."""
+    results = tmp_path / "results"
+    write_result(slices_study, results, "narrow", 0, 0, {"1": 0.6, "2": 0.6})
+    write_result(slices_study, results, "narrow", 1, 0, {"3": 0.2, "4": 0.2})
+    write_result(slices_study, results, "narrow", 0, 1, {"1": 0.65, "2": 0.65})
+    out = tmp_path / "summary.json"
+    assert slices_study.main(["--results", str(results), "--summary-only", "--folds", "0,1", "--seeds", "0,1",
+                              "--arms", "narrow", "--out", str(out)]) == 0
+    narrow = json.loads(out.read_text())["arms"]["narrow"]
+    assert narrow["seed_spread_folds"] == [0]
+    assert narrow["threshold_dice_seed_spread"] == pytest.approx(0.05, abs=1e-4)
+    assert narrow["hard_dice_seed_spread"] == pytest.approx(0.05, abs=1e-4)
