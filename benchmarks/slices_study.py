@@ -360,6 +360,7 @@ def summary(args, work: Path, arms: list[str]) -> dict:
             "per_run": {f"fold{r['fold']}-seed{r['seed']}": {k: round(r[k], 4) for k in ("threshold_dice", "hard_dice")}
                         for r in sorted(results, key=lambda r: (r["seed"], r["fold"]))},
             "missing": [f"fold{f}-seed{s}" for f, s in sorted(wanted - done)],
+            "recovered_runs": [f"fold{r['fold']}-seed{r['seed']}" for r in results if r["images"] is None],
             "other_budgets": sorted({f"fold{r['fold']}-seed{r['seed']}: {r['steps']} steps"
                                      for r in found if r["steps"] != steps}),
             "train_seconds_per_fold": round(statistics.mean(timed), 1) if timed else None,
@@ -440,13 +441,18 @@ def figure(table: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     arms = [arm for arm, row in table["arms"].items() if row["per_run"]]
-    fig, (runs_axis, gain_axis) = plt.subplots(1, 2, figsize=(12, 0.45 * len(arms) + 1.6), dpi=110, sharey=True)
+    paired = any(table["arms"][arm].get("vs_narrow") for arm in arms)
+    fig, axes = plt.subplots(1, 2 if paired else 1, figsize=(12 if paired else 7, 0.45 * len(arms) + 1.6), dpi=110,
+                             sharey=True, squeeze=False)
+    runs_axis, gain_axis = axes[0][0], axes[0][-1]
     for y, arm in enumerate(arms):
         row = table["arms"][arm]
         for name, run in row["per_run"].items():
             fold, seed = (int(part) for part in name.removeprefix("fold").split("-seed"))
+            colour = "tab:blue" if seed == 0 else "tab:orange"
             runs_axis.plot(run["threshold_dice"], y + 0.12 * (seed - 0.5), FOLD_MARKERS[fold % len(FOLD_MARKERS)],
-                           ms=5, alpha=0.7, color="tab:blue" if seed == 0 else "tab:orange")
+                           ms=5, alpha=0.7, color=colour,
+                           markerfacecolor="none" if name in row["recovered_runs"] else colour)
         runs_axis.plot([row["threshold_dice_mean"]] * 2, [y - 0.3, y + 0.3], color="k", lw=2)
         difference = row.get("vs_narrow")
         if difference:
@@ -460,9 +466,11 @@ def figure(table: dict, path: Path) -> None:
     runs_axis.invert_yaxis()
     runs_axis.set_xlabel("threshold-averaged Dice on the held-out slices")
     runs_axis.set_title(f"each run: marker = fold ({' '.join(FOLD_MARKERS)}), blue = seed 0, orange = seed 1;\n"
+                        "hollow: recovered, without per-image scores (paired with nothing);\n"
                         f"bar: mean over seeds; {table['budget']['steps']} steps", fontsize=9)
-    gain_axis.axvline(0, color="k", lw=0.8)
-    gain_axis.set(xlabel="minus narrow's, same images [95% bootstrap CI]", title="vs the half-width net (narrow)")
+    if paired:
+        gain_axis.axvline(0, color="k", lw=0.8)
+        gain_axis.set(xlabel="minus narrow's, same images [95% bootstrap CI]", title="vs the half-width net (narrow)")
     fig.tight_layout()
     with replacing(path) as tmp:
         fig.savefig(tmp, format="png")
