@@ -144,7 +144,7 @@ def main(argv=None) -> int:
             continue
         write_json(result, outcome)
         print(f"  threshold-averaged Dice {outcome['threshold_dice']:.4f}, hard Dice {outcome['hard_dice']:.4f}, "
-              f"DSC {outcome['dsc']:.4f}, NSD {outcome['nsd']:.4f} ({outcome['train_seconds']:.0f} s training)",
+              f"DSC {outcome['dsc']:.4f}, NSD {outcome['nsd']:.4f} ({training_time(outcome['train_seconds'])})",
               flush=True)
         write_summary(args, work, arms, quiet=True)  # after each result: an interrupted study still says what it has
     write_summary(args, work, arms)
@@ -204,6 +204,10 @@ def result_file(results: Path, arm: str, fold: int, seed: int) -> Path:
     return results / arm.replace(":", "-") / f"fold{fold}-seed{seed}.json"
 
 
+def training_time(seconds: float | None) -> str:
+    return "resumed: no time of its own" if seconds is None else f"{seconds:.0f} s training"
+
+
 def read_results(results: Path, arm: str) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((results / arm.replace(":", "-")).glob("*.json"))]
 
@@ -218,29 +222,35 @@ def overrides(args, work: Path, arm: str, fold: int, seed: int) -> list[str]:
             f"paths.data_dir={work / 'data'}", f"paths.output_root={work / 'runs'}"]
 
 
+def run_folder(work: Path, arm: str, fold: int, seed: int) -> Path:
+    """The folder that holds the run folders (one per start) of an arm x fold x seed."""
+    return work / "runs" / DATASET / "infection" / arm / f"fold{fold}-seed{seed}"
+
+
 def finished_run(work: Path, arm: str, fold: int, seed: int) -> Path | None:
-    parent = work / "runs" / DATASET / "infection" / arm / f"fold{fold}-seed{seed}"
-    for folder in sorted(parent.glob("*"), reverse=True):
+    for folder in sorted(run_folder(work, arm, fold, seed).glob("*"), reverse=True):
         status = folder / "status.json"
         if status.is_file() and json.loads(status.read_text()).get("state") == "finished":
             return folder
     return None
 
 
-def train(args, work: Path, arm: str, fold: int, seed: int) -> tuple[Path, float]:
-    """Train (or resume) one run; its wall time counts only the time spent in this call's training process."""
+def train(args, work: Path, arm: str, fold: int, seed: int) -> tuple[Path, float | None]:
+    """Train (or resume) one run and time it. A resumed run's time is None: this call saw only part of its training,
+    and a partial time would pull the study's seconds per fold down."""
     run = finished_run(work, arm, fold, seed)
     if run is not None:
-        return run, float(json.loads((run / "study_seconds.json").read_text())["seconds"]) \
-            if (run / "study_seconds.json").is_file() else float("nan")
+        timing = run / "study_seconds.json"
+        return run, json.loads(timing.read_text())["seconds"] if timing.is_file() else None
+    resumed = any(run_folder(work, arm, fold, seed).glob("*/checkpoints/last.ckpt"))
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "covlight", *overrides(args, work, arm, fold, seed)], check=True, env=env)
-    seconds = time.perf_counter() - start
+    seconds = None if resumed else time.perf_counter() - start
     run = finished_run(work, arm, fold, seed)
     if run is None:
         raise RuntimeError(f"{arm} fold {fold} seed {seed}: the run ended without a finished run folder")
-    write_json(run / "study_seconds.json", {"seconds": seconds})
+    write_json(run / "study_seconds.json", {"seconds": seconds, "resumed": resumed})
     return run, seconds
 
 

@@ -4,6 +4,7 @@ it reports, and its figure."""
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -104,3 +105,29 @@ def test_seed_spread_compares_seeds_on_the_folds_they_share(slices_study, tmp_pa
     assert narrow["seed_spread_folds"] == [0]
     assert narrow["threshold_dice_seed_spread"] == pytest.approx(0.05, abs=1e-4)
     assert narrow["hard_dice_seed_spread"] == pytest.approx(0.05, abs=1e-4)
+
+
+def test_a_resumed_run_has_no_training_time_of_its_own(slices_study, tmp_path, monkeypatch):
+    """A run that resumes a killed run's checkpoint trains only the rest of its steps: its time must not enter the
+    study's seconds per fold (a resumed fold once reported 1561 s for ~2100 s of training); a fresh run is timed."""
+    args = SimpleNamespace(threads=1, epochs=1, batches=1, batch_size=2, quick=False)
+
+    def finish(command, **kwargs):
+        arm, fold, seed = (next(o.split("=", 1)[1] for o in command if o.startswith(f"{key}="))
+                           for key in ("name", "fold", "seed"))
+        folder = slices_study.run_folder(tmp_path, arm, int(fold), int(seed)) / "2026-12-06_00-00-01"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "status.json").write_text(json.dumps({"state": "finished"}))
+
+    monkeypatch.setattr(slices_study.subprocess, "run", finish)
+    fresh, seconds = slices_study.train(args, tmp_path, "narrow", 0, 0)
+    assert isinstance(seconds, float) and seconds >= 0
+    assert slices_study.train(args, tmp_path, "narrow", 0, 0) == (fresh, seconds)  # a rerun reads the stored time
+
+    killed = slices_study.run_folder(tmp_path, "narrow", 1, 0) / "2026-12-06_00-00-00" / "checkpoints"
+    killed.mkdir(parents=True)
+    (killed / "last.ckpt").write_bytes(b"")
+    resumed, seconds = slices_study.train(args, tmp_path, "narrow", 1, 0)
+    assert seconds is None
+    assert json.loads((resumed / "study_seconds.json").read_text()) == {"seconds": None, "resumed": True}
+    assert slices_study.train(args, tmp_path, "narrow", 1, 0) == (resumed, None)
