@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -59,13 +60,16 @@ class nnUNetTrainer_covlightBudget(nnUNetTrainer):
 class NnUNetV2:
     """nnU-Net v2 in its own environment, its raw/preprocessed/results folders under `work`."""
 
-    def __init__(self, python: Path, work: Path):
+    def __init__(self, python: Path, work: Path, seed: int):
+        """`seed` names a repeat: each has its own results folder (nnU-Net draws its own randomness, unseeded), so a
+        second seed trains a model of its own instead of finding the first one's."""
         self.python = python.expanduser()
         self.bin = self.python.parent
         self.root = work / "nnunet_v2"
+        self.results = self.root / "results" / f"seed{seed}"
         self.env = {**os.environ, "nnUNet_raw": str(self.root / "raw"),
                     "nnUNet_preprocessed": str(self.root / "preprocessed"),
-                    "nnUNet_results": str(self.root / "results"), "nnUNet_n_proc_DA": "1"}
+                    "nnUNet_results": str(self.results), "nnUNet_n_proc_DA": "1"}
         if not (self.bin / "nnUNetv2_train").is_file():
             raise FileNotFoundError(f"{self.bin / 'nnUNetv2_train'} not found: give --nnunet-python the python of "
                                     "a virtual environment with nnunetv2 installed (see benchmarks/nnunet_v2_arm.py)")
@@ -99,14 +103,22 @@ class NnUNetV2:
         if not target.is_file() or target.read_text() != TRAINER_SOURCE:
             target.write_text(TRAINER_SOURCE)
 
-    def train(self, fold: int, epochs: int, iterations: int) -> Path:
-        """Train fold `fold` (continuing its checkpoint after an interruption); the fold's model folder."""
-        model = self.root / "results" / DATASET_NAME / f"{TRAINER}__nnUNetPlans__2d" / f"fold_{fold}"
-        if not (model / "checkpoint_final.pth").is_file():
-            resume = ["--c"] if (model / "checkpoint_latest.pth").is_file() else []
-            self.run("nnUNetv2_train", str(DATASET_ID), "2d", str(fold), "-tr", TRAINER, "-device", "cpu", *resume,
-                     env={"COVLIGHT_NNUNET_EPOCHS": str(epochs), "COVLIGHT_NNUNET_ITERATIONS": str(iterations)})
-        return model
+    def train(self, fold: int, epochs: int, iterations: int) -> tuple[Path, float | None]:
+        """Train fold `fold` (continuing its checkpoint after an interruption); the fold's model folder and its
+        training time. The time is None for a resumed run (this call saw only part of it); a model finished by an
+        earlier call keeps the time that call recorded."""
+        model = self.results / DATASET_NAME / f"{TRAINER}__nnUNetPlans__2d" / f"fold_{fold}"
+        timing = model / "covlight_seconds.json"
+        if (model / "checkpoint_final.pth").is_file():
+            return model, json.loads(timing.read_text())["seconds"] if timing.is_file() else None
+        resumed = (model / "checkpoint_latest.pth").is_file()
+        start = time.perf_counter()
+        self.run("nnUNetv2_train", str(DATASET_ID), "2d", str(fold), "-tr", TRAINER, "-device", "cpu",
+                 *(["--c"] if resumed else []),
+                 env={"COVLIGHT_NNUNET_EPOCHS": str(epochs), "COVLIGHT_NNUNET_ITERATIONS": str(iterations)})
+        seconds = None if resumed else time.perf_counter() - start
+        timing.write_text(json.dumps({"seconds": seconds, "resumed": resumed}))
+        return model, seconds
 
     def batch_size(self) -> int:
         plans = json.loads((self.root / "preprocessed" / DATASET_NAME / "nnUNetPlans.json").read_text())

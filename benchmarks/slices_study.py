@@ -283,14 +283,13 @@ def run_arm(args, work: Path, source: Path, arm: str, fold: int, seed: int) -> d
 
 
 def reference_arm(args, work: Path, source: Path, fold: int, seed: int, cases: list[str], tag: str) -> dict:
-    """nnU-Net v2 on the same fold and number of steps (its own batch size, said in the result); one seed."""
-    nnunet = NnUNetV2(args.nnunet_python, work)
+    """nnU-Net v2 on the same fold and number of steps (its own batch size, said in the result); each seed trains a
+    model of its own."""
+    nnunet = NnUNetV2(args.nnunet_python, work, seed)
     everything = sorted(json.loads((work / "data" / DATASET / "dataset.json").read_text())["cases"], key=int)
     nnunet.prepare(source / TRAIN_FOLDER / "Imgs", source / TRAIN_FOLDER / "GT", everything,
                    [held_out(work, k) for k in range(NUM_FOLDS)])
-    start = time.perf_counter()
-    model = nnunet.train(fold, args.epochs, args.batches)
-    seconds = time.perf_counter() - start
+    model, seconds = nnunet.train(fold, args.epochs, args.batches)
     probabilities = nnunet.predict(fold, cases, work / "predictions" / tag)
     return score(source, cases, probabilities) | {
         "arm": REFERENCE, "fold": fold, "seed": seed, "runs": [str(model)], "train_seconds": seconds,

@@ -131,3 +131,37 @@ def test_a_resumed_run_has_no_training_time_of_its_own(slices_study, tmp_path, m
     assert seconds is None
     assert json.loads((resumed / "study_seconds.json").read_text()) == {"seconds": None, "resumed": True}
     assert slices_study.train(args, tmp_path, "narrow", 1, 0) == (resumed, None)
+
+
+def test_nnunet_seeds_train_models_of_their_own_and_resumed_runs_have_no_time(slices_study, tmp_path):
+    """The reference arm against a stand-in nnUNetv2_train (a script that logs its arguments and writes the final
+    checkpoint where nnU-Net would): a second seed trains its own model instead of finding the first seed's, a rerun
+    of a finished fold keeps the time first recorded, and a run continued from a killed one's checkpoint has none."""
+    bin_folder = tmp_path / "venv" / "bin"
+    bin_folder.mkdir(parents=True)
+    (bin_folder / "python").touch()
+    calls = tmp_path / "calls.txt"
+    trainer = bin_folder / "nnUNetv2_train"
+    trainer.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n'
+                       'model="$nnUNet_results/Dataset501_CovidSemiSeg/nnUNetTrainer_covlightBudget__nnUNetPlans__2d/'
+                       'fold_$3"\nmkdir -p "$model" && touch "$model/checkpoint_final.pth"\n')
+    trainer.chmod(0o755)
+    work = tmp_path / "work"
+
+    first, first_seconds = slices_study.NnUNetV2(bin_folder / "python", work, 0).train(1, 2, 3)
+    second, second_seconds = slices_study.NnUNetV2(bin_folder / "python", work, 1).train(1, 2, 3)
+    assert first != second and (second / "checkpoint_final.pth").is_file()
+    assert first_seconds is not None and second_seconds is not None
+    assert len(calls.read_text().splitlines()) == 2
+
+    again, again_seconds = slices_study.NnUNetV2(bin_folder / "python", work, 0).train(1, 2, 3)
+    assert (again, again_seconds) == (first, first_seconds)
+    assert len(calls.read_text().splitlines()) == 2  # nothing trained
+
+    killed = slices_study.NnUNetV2(bin_folder / "python", work, 2)
+    model = killed.results / "Dataset501_CovidSemiSeg" / "nnUNetTrainer_covlightBudget__nnUNetPlans__2d" / "fold_1"
+    model.mkdir(parents=True)
+    (model / "checkpoint_latest.pth").touch()
+    resumed, resumed_seconds = killed.train(1, 2, 3)
+    assert resumed == model and resumed_seconds is None
+    assert calls.read_text().splitlines()[-1].endswith("--c")
