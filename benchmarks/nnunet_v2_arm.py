@@ -19,7 +19,8 @@ z-score (what its documentation advises for non-CT images; the slices are window
 folds as its splits_final.json, its own plans (patch, batch size, network), its trainer with only the length
 changed: `epochs x iterations` equal to the study's steps (nnU-Net finds trainers only inside its package, so a
 one-class file is written there), 5 validation iterations per epoch instead of 50 (covlight's arms validate
-little too), on the CPU. Prediction: nnUNetv2_predict of the fold's model with --save_probabilities (its default
+little too), a checkpoint every epoch instead of every 50 (so that a killed fold resumes instead of starting
+again), on the CPU. Prediction: nnUNetv2_predict of the fold's model with --save_probabilities (its default
 test-time mirroring on, as nnU-Net predicts).
 On these 50 slices nnU-Net plans a batch of 2 patches of 448 x 384 and a 7-stage net of 32..512 features; on
 the CPU its trainer uses every core whatever OMP_NUM_THREADS says.
@@ -54,6 +55,7 @@ class nnUNetTrainer_covlightBudget(nnUNetTrainer):
         self.num_epochs = int(os.environ["COVLIGHT_NNUNET_EPOCHS"])
         self.num_iterations_per_epoch = int(os.environ["COVLIGHT_NNUNET_ITERATIONS"])
         self.num_val_iterations_per_epoch = 5
+        self.save_every = 1  # a run of a dozen epochs killed midway resumes from its last epoch, not from scratch
 '''
 
 
