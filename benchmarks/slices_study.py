@@ -439,6 +439,13 @@ def write_summary(args, work: Path, arms: list[str], quiet: bool = False) -> Non
 
 
 FOLD_MARKERS = "os^Dv"
+SEED_COLOURS = ("tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive")  # not green, red: gains
+
+
+def run_fold_seed(name: str) -> tuple[int, int]:
+    """The fold and seed of a run named as in `per_run` (`fold3-seed1`)."""
+    fold, seed = name.removeprefix("fold").split("-seed")
+    return int(fold), int(seed)
 
 
 def figure(table: dict, path: Path) -> None:
@@ -454,12 +461,16 @@ def figure(table: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2 if paired else 1, figsize=(12 if paired else 7, 0.45 * len(arms) + 1.6), dpi=110,
                              sharey=True, squeeze=False)
     runs_axis, gain_axis = axes[0][0], axes[0][-1]
+    runs = {arm: [(name, *run_fold_seed(name), run) for name, run in table["arms"][arm]["per_run"].items()]
+            for arm in arms}
+    seeds = sorted({seed for arm in arms for _, _, seed, _ in runs[arm]})
+    colours = {seed: SEED_COLOURS[i % len(SEED_COLOURS)] for i, seed in enumerate(seeds)}
     for y, arm in enumerate(arms):
         row = table["arms"][arm]
-        for name, run in row["per_run"].items():
-            fold, seed = (int(part) for part in name.removeprefix("fold").split("-seed"))
-            colour = "tab:blue" if seed == 0 else "tab:orange"
-            runs_axis.plot(run["threshold_dice"], y + 0.12 * (seed - 0.5), FOLD_MARKERS[fold % len(FOLD_MARKERS)],
+        for name, fold, seed, run in runs[arm]:
+            colour = colours[seed]
+            offset = 0.12 * (seeds.index(seed) - (len(seeds) - 1) / 2)
+            runs_axis.plot(run["threshold_dice"], y + offset, FOLD_MARKERS[fold % len(FOLD_MARKERS)],
                            ms=5, alpha=0.7, color=colour,
                            markerfacecolor="none" if name in row["recovered_runs"] else colour)
         runs_axis.plot([row["threshold_dice_mean"]] * 2, [y - 0.3, y + 0.3], color="k", lw=2)
@@ -474,7 +485,8 @@ def figure(table: dict, path: Path) -> None:
     runs_axis.set_yticks(range(len(arms)), arms, fontsize=8)
     runs_axis.invert_yaxis()
     runs_axis.set_xlabel("threshold-averaged Dice on the held-out slices")
-    runs_axis.set_title(f"each run: marker = fold ({' '.join(FOLD_MARKERS)}), blue = seed 0, orange = seed 1;\n"
+    legend = ", ".join(f"{colours[seed].removeprefix('tab:')} = seed {seed}" for seed in seeds)
+    runs_axis.set_title(f"each run: marker = fold ({' '.join(FOLD_MARKERS)});\ncolour: {legend};\n"
                         "hollow: recovered, without per-image scores (paired with nothing);\n"
                         f"bar: mean over seeds; {table['budget']['steps']} steps", fontsize=9)
     if paired:
