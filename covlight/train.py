@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -196,6 +197,17 @@ def wandb_run_id(run_dir: Path) -> str:
     return status["wandb_id"]
 
 
+@contextmanager
+def warnings_that_do_not_apply_silenced():
+    """Lightning's warnings that say nothing a user can act on: the length of an IterableDataset (PatchStream gives
+    each loader worker its own share of the epoch, covlight/data/patches.py, so its length is exact), and torch
+    2.13's deprecation of the `LeafSpec` that Lightning 2.6 itself builds, once per run."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+        yield
+
+
 def _train_and_test(cfg: DictConfig, run_dir: Path, resuming: bool) -> dict:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.logger and cfg.logger.get("wandb"):
@@ -217,10 +229,7 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, resuming: bool) -> dict:
     for logger in trainer.loggers:
         logger.log_hyperparams(config)
     if trains and not cfg.test_only:
-        with warnings.catch_warnings():
-            # Lightning cautions against any IterableDataset with a length; PatchStream gives each loader worker
-            # its own share of the epoch (covlight/data/patches.py), so its length is exact.
-            warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+        with warnings_that_do_not_apply_silenced():
             trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint_to_resume(cfg, run_dir, last, resuming),
                         weights_only=True)
     validation = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
@@ -229,7 +238,8 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, resuming: bool) -> dict:
         test_checkpoint = last and str(last)  # the last checkpoint, never one chosen on test cases
     elif cfg.test_only and cfg.ckpt_path:
         test_checkpoint = str(given_checkpoint(cfg))
-    trainer.test(module, datamodule=datamodule, ckpt_path=test_checkpoint, weights_only=True)
+    with warnings_that_do_not_apply_silenced():
+        trainer.test(module, datamodule=datamodule, ckpt_path=test_checkpoint, weights_only=True)
     budget = getattr(datamodule, "annotation_budget", None)
     if trains and budget is not None:  # what the training labels cost (README "Annotation-efficiency curves")
         rank_zero_only(write_json)(run_dir / ANNOTATION_BUDGET_FILE, budget())
