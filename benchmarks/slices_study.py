@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,7 @@ BUILDS_ON = {"resize": "default", "wide": "default", "narrow": "default", "narro
 # arm -> the trained arm it predicts with --mirror
 PREDICTED = {"narrow_tta": "narrow", "default_tta": "default", "narrow_resize_flips_tta": "narrow_resize_flips",
              "narrow_resize_tta": "narrow_resize"}
+DEFAULT = "default"  # covlight as it comes (model=unet2d): every arm is also compared with it (vs_default)
 SHIPPED = "resize"  # experiments/slices2d.yaml: every arm is also compared with it (vs_shipped)
 REFERENCE = "nnunet_v2"  # nnU-Net v2's own 2d configuration, in its own environment (benchmarks/nnunet_v2_arm.py)
 SCREEN = ["narrow", "narrow_tta", "narrow_flips_rot90", "narrow_resize", "narrow_adamw", "default", "resize", "wide"]
@@ -383,6 +385,7 @@ def summary(args, work: Path, arms: list[str]) -> dict:
     for arm in arms:
         table[arm]["vs_narrow"] = paired_difference(args.results, arm, "narrow", steps, runs) if arm != "narrow" else None
         table[arm]["vs_shipped"] = paired_difference(args.results, arm, SHIPPED, steps, runs) if arm != SHIPPED else None
+        table[arm]["vs_default"] = paired_difference(args.results, arm, DEFAULT, steps, runs) if arm != DEFAULT else None
         base = base_arm(arm)
         table[arm]["vs_base"] = base and {"arm": base, **(paired_difference(args.results, arm, base, steps, runs) or {})}
     return {
@@ -505,23 +508,28 @@ def base_arm(arm: str) -> str | None:
     return PREDICTED.get(arm) or BUILDS_ON.get(arm)
 
 
-def per_image(results: Path, arm: str, steps: int, runs: set[tuple[int, int]]) -> dict[tuple, float]:
+def per_image(results: Path, arm: str, steps: int, runs: set[tuple[int, int]],
+              over_seeds: bool = False) -> dict[tuple, float]:
     """(fold, seed, image) -> the image's threshold-averaged Dice, for one arm at one budget and the given
-    (fold, seed) runs (those with per-image scores)."""
-    scores = {}
+    (fold, seed) runs (those with per-image scores); with `over_seeds`, (fold, image) -> its mean over those seeds."""
+    scores = defaultdict(list)
     for result in read_results(results, arm):
         if result["steps"] == steps and (result["fold"], result["seed"]) in runs and result["images"] is not None:
             for image in result["images"]:
-                scores[(result["fold"], result["seed"], image["case"])] = image["threshold_dice"]
-    return scores
+                key = (result["fold"], image["case"]) if over_seeds else (result["fold"], result["seed"], image["case"])
+                scores[key].append(image["threshold_dice"])
+    return {key: float(np.mean(values)) for key, values in scores.items()}
 
 
 def paired_difference(results: Path, arm: str, baseline: str, steps: int, runs: set[tuple[int, int]],
                       draws: int = 10000) -> dict | None:
     """The arm's threshold-averaged Dice minus the baseline's on the same images, folds and seeds (an ensemble or
     TTA arm: the seeds it shares), with a 95% bootstrap interval over images: the arms' difference without the
-    fold-to-fold spread that both share."""
-    ours, theirs = per_image(results, arm, steps, runs), per_image(results, baseline, steps, runs)
+    fold-to-fold spread that both share. nnU-Net's seed only names a repeat (it draws its own randomness), so where
+    it is one of the two, each image's scores are first averaged over each arm's seeds and paired by image."""
+    over_seeds = REFERENCE in (arm, baseline)
+    ours = per_image(results, arm, steps, runs, over_seeds)
+    theirs = per_image(results, baseline, steps, runs, over_seeds)
     shared = sorted(set(ours) & set(theirs))
     if not shared:
         return None

@@ -165,3 +165,24 @@ def test_nnunet_seeds_train_models_of_their_own_and_resumed_runs_have_no_time(sl
     resumed, resumed_seconds = killed.train(1, 2, 3)
     assert resumed == model and resumed_seconds is None
     assert calls.read_text().splitlines()[-1].endswith("--c")
+
+
+def test_nnunet_pairs_by_image_with_the_mean_over_the_other_arms_seeds(slices_study, tmp_path):
+    """nnU-Net's seed only names a repeat, so it pairs by image with each covlight arm's mean over its seeds; two
+    covlight arms still pair seed by seed."""
+    results = tmp_path / "results"
+    write_result(slices_study, results, "nnunet_v2", 0, 0, {"1": 0.5, "2": 0.6})
+    write_result(slices_study, results, "resize", 0, 1, {"1": 0.7, "2": 0.7})
+    write_result(slices_study, results, "resize", 0, 2, {"1": 0.9, "2": 0.5})
+    write_result(slices_study, results, "default", 0, 2, {"1": 0.4, "2": 0.4})
+    out = tmp_path / "summary.json"
+    assert slices_study.main(["--work", str(tmp_path / "work"), "--results", str(results), "--summary-only",
+                              "--folds", "0", "--seeds", "0,1,2", "--arms", "default,resize,nnunet_v2",
+                              "--out", str(out)]) == 0
+    arms = json.loads(out.read_text())["arms"]
+    nnunet = arms["nnunet_v2"]["vs_shipped"]
+    assert nnunet["pairs"] == 2  # images 1 and 2, each against resize's mean over seeds 1 and 2 (0.8 and 0.6)
+    assert nnunet["threshold_dice_difference"] == pytest.approx(((0.5 - 0.8) + (0.6 - 0.6)) / 2, abs=1e-4)
+    assert arms["nnunet_v2"]["vs_default"]["threshold_dice_difference"] == pytest.approx(0.15, abs=1e-4)
+    assert arms["resize"]["vs_default"]["pairs"] == 2  # seed 2 only: the seeds both have
+    assert arms["resize"]["vs_default"]["threshold_dice_difference"] == pytest.approx(0.3, abs=1e-4)
