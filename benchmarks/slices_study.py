@@ -86,11 +86,14 @@ TRAINED = {
     "narrow_resize_flips": [*NARROW, *RESIZE, *FLIPS],
     "small_adamw_resize": [*SMALL_ADAMW, *RESIZE],
     "small_adamw_resize128": SMALL128,
-    # The semi-supervised methods on the 4x cheaper small net at 128 x 128, each at its default weight, and mean
-    # teacher at 10x its default (at 0.1 its consistency term hardly moved the 300-step runs).
+    # The semi-supervised methods on the 4x cheaper small net at 128 x 128, each at its default weight, and each
+    # method's main knob, its weight, once more: mean teacher and entropy minimisation at 10x their default (at 0.1
+    # their terms hardly moved the 300-step runs), CPS, which leaned positive at 1.0, at 3x.
     **{f"small128_{method}": [*SMALL128, f"method={method}", *SEMI]
        for method in ("mean_teacher", "ua_mt", "cps", "entropy_min")},
     "small128_mean_teacher_w1": [*SMALL128, "method=mean_teacher", *SEMI, "model.module.unsupervised_weight=1.0"],
+    "small128_entropy_min_w1": [*SMALL128, "method=entropy_min", *SEMI, "model.module.unsupervised_weight=1.0"],
+    "small128_cps_w3": [*SMALL128, "method=cps", *SEMI, "model.module.unsupervised_weight=3.0"],
     "narrow_resize_mean_teacher": [*RECIPE, "method=mean_teacher", *SEMI],
     "narrow_resize_ua_mt": [*RECIPE, "method=ua_mt", *SEMI],
     "narrow_resize_cps": [*RECIPE, "method=cps", *SEMI],
