@@ -62,13 +62,14 @@ class nnUNetTrainer_covlightBudget(nnUNetTrainer):
 class NnUNetV2:
     """nnU-Net v2 in its own environment, its raw/preprocessed/results folders under `work`."""
 
-    def __init__(self, python: Path, work: Path, seed: int):
-        """`seed` names a repeat: each has its own results folder (nnU-Net draws its own randomness, unseeded), so a
-        second seed trains a model of its own instead of finding the first one's."""
+    def __init__(self, python: Path, work: Path, repeat: str):
+        """`repeat` names a repeat (`seed1`; the study adds its budget where it is not the study's): each has its own
+        results folder (nnU-Net draws its own randomness, unseeded), so a second seed, or another budget, trains a
+        model of its own instead of finding the first one's."""
         self.python = python.expanduser()
         self.bin = self.python.parent
         self.root = work / "nnunet_v2"
-        self.results = self.root / "results" / f"seed{seed}"
+        self.results = self.root / "results" / repeat
         self.env = {**os.environ, "nnUNet_raw": str(self.root / "raw"),
                     "nnUNet_preprocessed": str(self.root / "preprocessed"),
                     "nnUNet_results": str(self.results), "nnUNet_n_proc_DA": "1"}

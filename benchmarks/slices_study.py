@@ -16,6 +16,10 @@ the JSON, rewritten after every result (or by `--summary-only`), summarises the 
 the missing ones. `--quick` checks the whole path in a
 few minutes (tiny budget, its own work folder); its figures mean nothing.
 
+Another budget (`--epochs`, `--batches`, `--batch-size`; e.g. a longer schedule on a GPU) names its result files
+and runs with it (`fold0-seed1-3000steps-batch8.json`): the skip and the resume above must never find the 300-step
+ones, and its summary pools only its own budget's results.
+
 Arms without training of their own: `<arm>_tta` predicts that arm's runs with test-time mirroring; `ensemble:<arm>`
 averages the probabilities of that arm's seeds (models trained on the same slices; a cross-validated stand-in for
 nnU-Net's 5-fold ensemble, whose members each see 4/5 of the data).
@@ -27,6 +31,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -111,6 +116,9 @@ PREDICTED = {"narrow_tta": "narrow", "default_tta": "default", "narrow_resize_fl
 DEFAULT = "default"  # covlight as it comes (model=unet2d): every arm is also compared with it (vs_default)
 SHIPPED = "resize"  # experiments/slices2d.yaml: every arm is also compared with it (vs_shipped)
 REFERENCE = "nnunet_v2"  # nnU-Net v2's own 2d configuration, in its own environment (benchmarks/nnunet_v2_arm.py)
+# The committed results' budget (optimizer steps, batch size): their result files and runs carry no budget in their
+# names; any other budget's do.
+STUDY_BUDGET = (300, 8)
 SCREEN = ["narrow", "narrow_tta", "narrow_flips_rot90", "narrow_resize", "narrow_adamw", "default", "resize", "wide"]
 
 
@@ -139,7 +147,7 @@ def main(argv=None) -> int:
     jobs = [(arm, fold, seed) for arm in arms for fold in args.folds for seed in
             ([min(args.seeds)] if arm.startswith("ensemble:") else args.seeds)]
     for number, (arm, fold, seed) in enumerate(jobs, start=1):
-        result = result_file(args.results, arm, fold, seed)
+        result = result_file(args.results, arm, fold, seed, budget_suffix(args))
         if result.is_file():
             continue
         print(f"[{number}/{len(jobs)}] {arm} fold {fold} seed {seed}", flush=True)
@@ -205,16 +213,28 @@ def held_out(work: Path, fold: int) -> list[str]:
     return sorted(split.test[DATASET], key=int)
 
 
-def result_file(results: Path, arm: str, fold: int, seed: int) -> Path:
-    return results / arm.replace(":", "-") / f"fold{fold}-seed{seed}.json"
+def budget_suffix(args) -> str:
+    """'' at the study's budget, '-<steps>steps-batch<batch size>' at any other."""
+    budget = (args.epochs * args.batches, args.batch_size)
+    return "" if budget == STUDY_BUDGET else f"-{budget[0]}steps-batch{budget[1]}"
+
+
+def result_file(results: Path, arm: str, fold: int, seed: int, suffix: str) -> Path:
+    return results / arm.replace(":", "-") / f"fold{fold}-seed{seed}{suffix}.json"
 
 
 def training_time(seconds: float | None) -> str:
     return "resumed: no time of its own" if seconds is None else f"{seconds:.0f} s training"
 
 
-def read_results(results: Path, arm: str) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((results / arm.replace(":", "-")).glob("*.json"))]
+RESULT_NAME = re.compile(r"fold\d+-seed\d+(?P<suffix>.*)\.json")
+
+
+def read_results(results: Path, arm: str, suffix: str | None = None) -> list[dict]:
+    """The arm's result files: those of one budget (its `budget_suffix`), or of every budget with None."""
+    paths = sorted((results / arm.replace(":", "-")).glob("fold*-seed*.json"))
+    return [json.loads(p.read_text()) for p in paths
+            if suffix is None or RESULT_NAME.fullmatch(p.name)["suffix"] == suffix]
 
 
 def overrides(args, work: Path, arm: str, fold: int, seed: int) -> list[str]:
@@ -223,17 +243,18 @@ def overrides(args, work: Path, arm: str, fold: int, seed: int) -> list[str]:
     if args.quick:
         budget += ["model.module.net.features_per_stage=[8,16,32]", "model.module.net.strides=[1,2,2]",
                    "model.patch_size=[64,64,1]", "data.validation.patches=2"]
-    return [*BASE, *budget, *TRAINED[arm], f"name={arm}", f"fold={fold}", f"seed={seed}",
+    return [*BASE, *budget, *TRAINED[arm], f"name={arm}{budget_suffix(args)}", f"fold={fold}", f"seed={seed}",
             f"paths.data_dir={work / 'data'}", f"paths.output_root={work / 'runs'}"]
 
 
-def run_folder(work: Path, arm: str, fold: int, seed: int) -> Path:
-    """The folder that holds the run folders (one per start) of an arm x fold x seed."""
-    return work / "runs" / DATASET / "infection" / arm / f"fold{fold}-seed{seed}"
+def run_folder(work: Path, name: str, fold: int, seed: int) -> Path:
+    """The folder that holds the run folders (one per start) of a run name (an arm and its `budget_suffix`) x fold x
+    seed."""
+    return work / "runs" / DATASET / "infection" / name / f"fold{fold}-seed{seed}"
 
 
-def finished_run(work: Path, arm: str, fold: int, seed: int) -> Path | None:
-    for folder in sorted(run_folder(work, arm, fold, seed).glob("*"), reverse=True):
+def finished_run(work: Path, name: str, fold: int, seed: int) -> Path | None:
+    for folder in sorted(run_folder(work, name, fold, seed).glob("*"), reverse=True):
         status = folder / "status.json"
         if status.is_file() and json.loads(status.read_text()).get("state") == "finished":
             return folder
@@ -243,16 +264,17 @@ def finished_run(work: Path, arm: str, fold: int, seed: int) -> Path | None:
 def train(args, work: Path, arm: str, fold: int, seed: int) -> tuple[Path, float | None]:
     """Train (or resume) one run and time it. A resumed run's time is None: this call saw only part of its training,
     and a partial time would pull the study's seconds per fold down."""
-    run = finished_run(work, arm, fold, seed)
+    name = arm + budget_suffix(args)
+    run = finished_run(work, name, fold, seed)
     if run is not None:
         timing = run / "study_seconds.json"
         return run, json.loads(timing.read_text())["seconds"] if timing.is_file() else None
-    resumed = any(run_folder(work, arm, fold, seed).glob("*/checkpoints/last.ckpt"))
+    resumed = any(run_folder(work, name, fold, seed).glob("*/checkpoints/last.ckpt"))
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "covlight", *overrides(args, work, arm, fold, seed)], check=True, env=env)
     seconds = None if resumed else time.perf_counter() - start
-    run = finished_run(work, arm, fold, seed)
+    run = finished_run(work, name, fold, seed)
     if run is None:
         raise RuntimeError(f"{arm} fold {fold} seed {seed}: the run ended without a finished run folder")
     write_json(run / "study_seconds.json", {"seconds": seconds, "resumed": resumed})
@@ -261,20 +283,20 @@ def train(args, work: Path, arm: str, fold: int, seed: int) -> tuple[Path, float
 
 def run_arm(args, work: Path, source: Path, arm: str, fold: int, seed: int) -> dict | None:
     cases = held_out(work, fold)
-    tag = f"{arm.replace(':', '-')}-fold{fold}-seed{seed}"
+    tag = f"{arm.replace(':', '-')}-fold{fold}-seed{seed}{budget_suffix(args)}"
     if arm == REFERENCE:
         return reference_arm(args, work, source, fold, seed, cases, tag)
     if arm in TRAINED:
         run, seconds = train(args, work, arm, fold, seed)
         runs, mirror = [run], False
     elif arm in PREDICTED:
-        run = finished_run(work, PREDICTED[arm], fold, seed)
+        run = finished_run(work, PREDICTED[arm] + budget_suffix(args), fold, seed)
         if run is None:
             return None
         runs, mirror, seconds = [run], True, 0.0
     else:
         member = arm.split(":", 1)[1]
-        runs = [finished_run(work, member, fold, s) for s in args.seeds]
+        runs = [finished_run(work, member + budget_suffix(args), fold, s) for s in args.seeds]
         if len(runs) < 2 or None in runs:
             return None
         mirror, seconds = False, 0.0
@@ -290,7 +312,7 @@ def run_arm(args, work: Path, source: Path, arm: str, fold: int, seed: int) -> d
 def reference_arm(args, work: Path, source: Path, fold: int, seed: int, cases: list[str], tag: str) -> dict:
     """nnU-Net v2 on the same fold and number of steps (its own batch size, said in the result); each seed trains a
     model of its own."""
-    nnunet = NnUNetV2(args.nnunet_python, work, seed)
+    nnunet = NnUNetV2(args.nnunet_python, work, f"seed{seed}{budget_suffix(args)}")
     everything = sorted(json.loads((work / "data" / DATASET / "dataset.json").read_text())["cases"], key=int)
     nnunet.prepare(source / TRAIN_FOLDER / "Imgs", source / TRAIN_FOLDER / "GT", everything,
                    [held_out(work, k) for k in range(NUM_FOLDS)])
@@ -354,12 +376,11 @@ def mean_of(rows: list[dict], key: str) -> float:
 def summary(args, work: Path, arms: list[str]) -> dict:
     """Per arm: the threshold-averaged Dice over every scored image (each seed apart, then mean and spread over
     seeds), hard Dice, DSC and NSD, and which fold x seed files are still missing."""
-    table = {}
+    table, suffix = {}, budget_suffix(args)
     for arm in arms:
-        found = read_results(args.results, arm)
-        steps = args.epochs * args.batches
-        results = [r for r in found if r["steps"] == steps  # another budget's results are not pooled with these
-                   and r["fold"] in args.folds and r["seed"] in args.seeds]
+        found = read_results(args.results, arm, suffix)  # another budget's results are not pooled with these
+        others = [r for r in read_results(args.results, arm) if r not in found]
+        results = [r for r in found if r["fold"] in args.folds and r["seed"] in args.seeds]
         by_seed = {}
         for result in results:
             by_seed.setdefault(result["seed"], []).append(result)
@@ -375,8 +396,8 @@ def summary(args, work: Path, arms: list[str]) -> dict:
                         for r in sorted(results, key=lambda r: (r["seed"], r["fold"]))},
             "missing": [f"fold{f}-seed{s}" for f, s in sorted(wanted - done)],
             "recovered_runs": [f"fold{r['fold']}-seed{r['seed']}" for r in results if r["images"] is None],
-            "other_budgets": sorted({f"fold{r['fold']}-seed{r['seed']}: {r['steps']} steps"
-                                     for r in found if r["steps"] != steps}),
+            "other_budgets": sorted({f"fold{r['fold']}-seed{r['seed']}: {r['steps']} steps of batch {r['batch_size']}"
+                                     for r in others}),
             "train_seconds_per_fold": round(statistics.mean(timed), 1) if timed else None,
             **{f"{k}_mean": round(statistics.mean([s[k] for s in seeds.values()]), 4) if seeds else None
                for k in ("threshold_dice", "hard_dice")},
@@ -384,13 +405,13 @@ def summary(args, work: Path, arms: list[str]) -> dict:
                if seeds and None not in [s[k] for s in seeds.values()] else None for k in ("dsc", "nsd")},
             **seed_spread(by_seed),
         }
-    steps, runs = args.epochs * args.batches, {(f, s) for f in args.folds for s in args.seeds}
+    runs = {(f, s) for f in args.folds for s in args.seeds}
     for arm in arms:
-        table[arm]["vs_narrow"] = paired_difference(args.results, arm, "narrow", steps, runs) if arm != "narrow" else None
-        table[arm]["vs_shipped"] = paired_difference(args.results, arm, SHIPPED, steps, runs) if arm != SHIPPED else None
-        table[arm]["vs_default"] = paired_difference(args.results, arm, DEFAULT, steps, runs) if arm != DEFAULT else None
+        table[arm]["vs_narrow"] = paired_difference(args.results, arm, "narrow", suffix, runs) if arm != "narrow" else None
+        table[arm]["vs_shipped"] = paired_difference(args.results, arm, SHIPPED, suffix, runs) if arm != SHIPPED else None
+        table[arm]["vs_default"] = paired_difference(args.results, arm, DEFAULT, suffix, runs) if arm != DEFAULT else None
         base = base_arm(arm)
-        table[arm]["vs_base"] = base and {"arm": base, **(paired_difference(args.results, arm, base, steps, runs) or {})}
+        table[arm]["vs_base"] = base and {"arm": base, **(paired_difference(args.results, arm, base, suffix, runs) or {})}
     return {
         "benchmark": "slices_study",
         "complete": all(not row["missing"] for row in table.values()),
@@ -511,28 +532,28 @@ def base_arm(arm: str) -> str | None:
     return PREDICTED.get(arm) or BUILDS_ON.get(arm)
 
 
-def per_image(results: Path, arm: str, steps: int, runs: set[tuple[int, int]],
+def per_image(results: Path, arm: str, suffix: str, runs: set[tuple[int, int]],
               over_seeds: bool = False) -> dict[tuple, float]:
     """(fold, seed, image) -> the image's threshold-averaged Dice, for one arm at one budget and the given
     (fold, seed) runs (those with per-image scores); with `over_seeds`, (fold, image) -> its mean over those seeds."""
     scores = defaultdict(list)
-    for result in read_results(results, arm):
-        if result["steps"] == steps and (result["fold"], result["seed"]) in runs and result["images"] is not None:
+    for result in read_results(results, arm, suffix):
+        if (result["fold"], result["seed"]) in runs and result["images"] is not None:
             for image in result["images"]:
                 key = (result["fold"], image["case"]) if over_seeds else (result["fold"], result["seed"], image["case"])
                 scores[key].append(image["threshold_dice"])
     return {key: float(np.mean(values)) for key, values in scores.items()}
 
 
-def paired_difference(results: Path, arm: str, baseline: str, steps: int, runs: set[tuple[int, int]],
+def paired_difference(results: Path, arm: str, baseline: str, suffix: str, runs: set[tuple[int, int]],
                       draws: int = 10000) -> dict | None:
     """The arm's threshold-averaged Dice minus the baseline's on the same images, folds and seeds (an ensemble or
     TTA arm: the seeds it shares), with a 95% bootstrap interval over images: the arms' difference without the
     fold-to-fold spread that both share. nnU-Net's seed only names a repeat (it draws its own randomness), so where
     it is one of the two, each image's scores are first averaged over each arm's seeds and paired by image."""
     over_seeds = REFERENCE in (arm, baseline)
-    ours = per_image(results, arm, steps, runs, over_seeds)
-    theirs = per_image(results, baseline, steps, runs, over_seeds)
+    ours = per_image(results, arm, suffix, runs, over_seeds)
+    theirs = per_image(results, baseline, suffix, runs, over_seeds)
     shared = sorted(set(ours) & set(theirs))
     if not shared:
         return None

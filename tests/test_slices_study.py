@@ -23,12 +23,12 @@ def slices_study():
 
 
 def write_result(study, results: Path, arm: str, fold: int, seed: int, per_image: dict[str, float]) -> None:
-    """A result file whose images score the given value on every score."""
+    """A result file at the study's budget (300 steps of batch 8) whose images score the given value on every score."""
     images = [{"case": case, "threshold_dice": value, "hard_dice": value, "dsc": value, "nsd": value}
               for case, value in per_image.items()]
     result = {"images": images, "arm": arm, "fold": fold, "seed": seed, "steps": 300, "batch_size": 8,
               "train_seconds": 10.0, **{key: float(np.mean(list(per_image.values()))) for key in ("threshold_dice", "hard_dice")}}
-    path = study.result_file(results, arm, fold, seed)
+    path = study.result_file(results, arm, fold, seed, "")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result))
 
@@ -68,7 +68,7 @@ def test_recovered_runs_enter_the_means_but_not_the_pairs(slices_study, tmp_path
     write_result(slices_study, results, "narrow_resize", 0, 0, {"1": 0.7, "2": 0.7})
     recovered = {"images": None, "image_count": 6, "arm": "narrow", "fold": 1, "seed": 0, "steps": 300,
                  "batch_size": 8, "train_seconds": None, "threshold_dice": 0.2, "hard_dice": 0.3}
-    slices_study.result_file(results, "narrow", 1, 0).write_text(json.dumps(recovered))
+    slices_study.result_file(results, "narrow", 1, 0, "").write_text(json.dumps(recovered))
     out = tmp_path / "summary.json"
     assert slices_study.main(["--work", str(tmp_path / "work"), "--results", str(results), "--summary-only",
                               "--folds", "0,1", "--arms", "narrow,narrow_resize", "--out", str(out)]) == 0
@@ -110,7 +110,7 @@ def test_seed_spread_compares_seeds_on_the_folds_they_share(slices_study, tmp_pa
 def test_a_resumed_run_has_no_training_time_of_its_own(slices_study, tmp_path, monkeypatch):
     """A run that resumes a killed run's checkpoint trains only the rest of its steps: its time must not enter the
     study's seconds per fold (a resumed fold once reported 1561 s for ~2100 s of training); a fresh run is timed."""
-    args = SimpleNamespace(threads=1, epochs=1, batches=1, batch_size=2, quick=False)
+    args = SimpleNamespace(threads=1, epochs=12, batches=25, batch_size=8, quick=False)
 
     def finish(command, **kwargs):
         arm, fold, seed = (next(o.split("=", 1)[1] for o in command if o.startswith(f"{key}="))
@@ -148,17 +148,17 @@ def test_nnunet_seeds_train_models_of_their_own_and_resumed_runs_have_no_time(sl
     trainer.chmod(0o755)
     work = tmp_path / "work"
 
-    first, first_seconds = slices_study.NnUNetV2(bin_folder / "python", work, 0).train(1, 2, 3)
-    second, second_seconds = slices_study.NnUNetV2(bin_folder / "python", work, 1).train(1, 2, 3)
+    first, first_seconds = slices_study.NnUNetV2(bin_folder / "python", work, "seed0").train(1, 2, 3)
+    second, second_seconds = slices_study.NnUNetV2(bin_folder / "python", work, "seed1").train(1, 2, 3)
     assert first != second and (second / "checkpoint_final.pth").is_file()
     assert first_seconds is not None and second_seconds is not None
     assert len(calls.read_text().splitlines()) == 2
 
-    again, again_seconds = slices_study.NnUNetV2(bin_folder / "python", work, 0).train(1, 2, 3)
+    again, again_seconds = slices_study.NnUNetV2(bin_folder / "python", work, "seed0").train(1, 2, 3)
     assert (again, again_seconds) == (first, first_seconds)
     assert len(calls.read_text().splitlines()) == 2  # nothing trained
 
-    killed = slices_study.NnUNetV2(bin_folder / "python", work, 2)
+    killed = slices_study.NnUNetV2(bin_folder / "python", work, "seed2")
     model = killed.results / "Dataset501_CovidSemiSeg" / "nnUNetTrainer_covlightBudget__nnUNetPlans__2d" / "fold_1"
     model.mkdir(parents=True)
     (model / "checkpoint_latest.pth").touch()
@@ -186,3 +186,28 @@ def test_nnunet_pairs_by_image_with_the_mean_over_the_other_arms_seeds(slices_st
     assert arms["nnunet_v2"]["vs_default"]["threshold_dice_difference"] == pytest.approx(0.15, abs=1e-4)
     assert arms["resize"]["vs_default"]["pairs"] == 2  # seed 2 only: the seeds both have
     assert arms["resize"]["vs_default"]["threshold_dice_difference"] == pytest.approx(0.3, abs=1e-4)
+
+
+def test_another_budget_neither_skips_nor_pools_the_studys_results(slices_study, tmp_path, monkeypatch):
+    """A rerun skips a result file that exists and resumes a run folder it finds: a longer schedule (a GPU run) whose
+    results and runs were named as the 300-step ones would skip every fold and report the 300-step scores as its own."""
+    results, source = tmp_path / "results", tmp_path / "shared"
+    (source / slices_study.TRAIN_FOLDER / "Imgs").mkdir(parents=True)
+    write_result(slices_study, results, "narrow", 0, 0, {"1": 0.5, "2": 0.7})
+    started = []
+    monkeypatch.setattr(slices_study, "import_data", lambda *args, **kwargs: None)
+    monkeypatch.setattr(slices_study, "run_arm", lambda args, work, source, arm, fold, seed: started.append(
+        (arm, fold, seed, slices_study.overrides(args, work, arm, fold, seed))))
+    study = ["--shared", str(source), "--work", str(tmp_path / "work"), "--results", str(results),
+             "--arms", "narrow", "--folds", "0", "--out", str(tmp_path / "summary.json")]
+
+    assert slices_study.main(study) == 0
+    assert started == []  # the study's budget: fold 0 seed 0 exists
+    assert slices_study.main([*study, "--epochs", "100"]) == 0
+    assert [(arm, fold, seed) for arm, fold, seed, _ in started] == [("narrow", 0, 0)]
+    assert "name=narrow-2500steps-batch8" in started[0][3]  # its own run folder: never resumes the 300-step run
+    narrow = json.loads((tmp_path / "summary.json").read_text())["arms"]["narrow"]
+    assert narrow["per_run"] == {} and narrow["missing"] == ["fold0-seed0"]
+    assert narrow["other_budgets"] == ["fold0-seed0: 300 steps of batch 8"]
+    assert slices_study.result_file(results, "narrow", 0, 0, "-2500steps-batch8").name == \
+        "fold0-seed0-2500steps-batch8.json"
