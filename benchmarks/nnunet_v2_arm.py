@@ -62,7 +62,7 @@ class nnUNetTrainer_covlightBudget(nnUNetTrainer):
 class NnUNetV2:
     """nnU-Net v2 in its own environment, its raw/preprocessed/results folders under `work`."""
 
-    def __init__(self, python: Path, work: Path, repeat: str):
+    def __init__(self, python: Path, work: Path, repeat: str, device: str = "cpu"):
         """`repeat` names a repeat (`seed1`; the study adds its budget where it is not the study's): each has its own
         results folder (nnU-Net draws its own randomness, unseeded), so a second seed, or another budget, trains a
         model of its own instead of finding the first one's."""
@@ -70,6 +70,7 @@ class NnUNetV2:
         self.bin = self.python.parent
         self.root = work / "nnunet_v2"
         self.results = self.root / "results" / repeat
+        self.device = device  # cpu or cuda, for training and prediction
         self.env = {**os.environ, "nnUNet_raw": str(self.root / "raw"),
                     "nnUNet_preprocessed": str(self.root / "preprocessed"),
                     "nnUNet_results": str(self.results), "nnUNet_n_proc_DA": "1"}
@@ -116,7 +117,7 @@ class NnUNetV2:
             return model, json.loads(timing.read_text())["seconds"] if timing.is_file() else None
         resumed = (model / "checkpoint_latest.pth").is_file()
         start = time.perf_counter()
-        self.run("nnUNetv2_train", str(DATASET_ID), "2d", str(fold), "-tr", TRAINER, "-device", "cpu",
+        self.run("nnUNetv2_train", str(DATASET_ID), "2d", str(fold), "-tr", TRAINER, "-device", self.device,
                  *(["--c"] if resumed else []),
                  env={"COVLIGHT_NNUNET_EPOCHS": str(epochs), "COVLIGHT_NNUNET_ITERATIONS": str(iterations)})
         seconds = None if resumed else time.perf_counter() - start
@@ -138,7 +139,7 @@ class NnUNetV2:
                 link.symlink_to(raw / f"case{case}_0000.png")
         predictions = output / "predicted"
         self.run("nnUNetv2_predict", "-i", str(inputs), "-o", str(predictions), "-d", str(DATASET_ID), "-c", "2d",
-                 "-f", str(fold), "-tr", TRAINER, "--save_probabilities", "-device", "cpu", "-npp", "1", "-nps", "1")
+                 "-f", str(fold), "-tr", TRAINER, "--save_probabilities", "-device", self.device, "-npp", "1", "-nps", "1")
         return {case: np.load(predictions / f"case{case}.npz")["probabilities"][1, 0] for case in cases}
 
     def run(self, command: str, *arguments: str, env: dict | None = None) -> None:

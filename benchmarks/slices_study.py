@@ -179,6 +179,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batches", type=int, default=25, help="optimizer steps per epoch")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each training run (OMP_NUM_THREADS)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where every arm trains and predicts (cuda: trainer=gpu, bf16-mixed)")
     parser.add_argument("--nnunet-python", type=Path, help=f"the python of nnU-Net v2's environment ({REFERENCE})")
     parser.add_argument("--summary-only", action="store_true",
                         help="write the JSON from the result files that exist (e.g. while another process runs)")
@@ -238,7 +240,8 @@ def read_results(results: Path, arm: str, suffix: str | None = None) -> list[dic
 
 
 def overrides(args, work: Path, arm: str, fold: int, seed: int) -> list[str]:
-    budget = [f"trainer.max_epochs={args.epochs}", f"data.sampling.batches_per_epoch={args.batches}",
+    budget = [*(["trainer=gpu"] if args.device == "cuda" else []),
+              f"trainer.max_epochs={args.epochs}", f"data.sampling.batches_per_epoch={args.batches}",
               f"model.batch_size={args.batch_size}"]
     if args.quick:
         budget += ["model.module.net.features_per_stage=[8,16,32]", "model.module.net.strides=[1,2,2]",
@@ -300,19 +303,19 @@ def run_arm(args, work: Path, source: Path, arm: str, fold: int, seed: int) -> d
         if len(runs) < 2 or None in runs:
             return None
         mirror, seconds = False, 0.0
-    probabilities = predict(work, source, runs, cases, mirror, tag)
+    probabilities = predict(work, source, runs, cases, mirror, tag, args.device)
     tested = run_test_dsc(runs[0]) if arm in TRAINED else None
     return score(source, cases, probabilities) | {"run_test_dsc": tested,
         "arm": arm, "fold": fold, "seed": seed, "runs": [str(r.relative_to(work)) for r in runs],
         "train_seconds": seconds,
-        "steps": args.epochs * args.batches, "batch_size": args.batch_size,
+        "steps": args.epochs * args.batches, "batch_size": args.batch_size, "device": args.device,
         "overrides": TRAINED.get(arm, []), "mirror": mirror}
 
 
 def reference_arm(args, work: Path, source: Path, fold: int, seed: int, cases: list[str], tag: str) -> dict:
     """nnU-Net v2 on the same fold and number of steps (its own batch size, said in the result); each seed trains a
     model of its own."""
-    nnunet = NnUNetV2(args.nnunet_python, work, f"seed{seed}{budget_suffix(args)}")
+    nnunet = NnUNetV2(args.nnunet_python, work, f"seed{seed}{budget_suffix(args)}", args.device)
     everything = sorted(json.loads((work / "data" / DATASET / "dataset.json").read_text())["cases"], key=int)
     nnunet.prepare(source / TRAIN_FOLDER / "Imgs", source / TRAIN_FOLDER / "GT", everything,
                    [held_out(work, k) for k in range(NUM_FOLDS)])
@@ -320,11 +323,13 @@ def reference_arm(args, work: Path, source: Path, fold: int, seed: int, cases: l
     probabilities = nnunet.predict(fold, cases, work / "predictions" / tag)
     return score(source, cases, probabilities) | {
         "arm": REFERENCE, "fold": fold, "seed": seed, "runs": [str(model)], "train_seconds": seconds,
-        "steps": args.epochs * args.batches, "batch_size": nnunet.batch_size(), "overrides": [], "mirror": True,
+        "steps": args.epochs * args.batches, "batch_size": nnunet.batch_size(), "device": args.device,
+        "overrides": [], "mirror": True,
         "run_test_dsc": None}
 
 
-def predict(work: Path, source: Path, runs: list[Path], cases: list[str], mirror: bool, tag: str) -> dict:
+def predict(work: Path, source: Path, runs: list[Path], cases: list[str], mirror: bool, tag: str,
+            device: str) -> dict:
     """The foreground probability of each held-out slice, at the picture's own size, as covlight.predict gives it."""
     inputs = work / "inputs" / tag
     inputs.mkdir(parents=True, exist_ok=True)
@@ -334,7 +339,7 @@ def predict(work: Path, source: Path, runs: list[Path], cases: list[str], mirror
             link.symlink_to(source / TRAIN_FOLDER / "Imgs" / f"{case}.jpg")
     output = work / "predictions" / tag
     command = [sys.executable, "-m", "covlight.predict", "--input", str(inputs), "--output", str(output),
-               "--probabilities", "--overwrite", "--device", "cpu"]
+               "--probabilities", "--overwrite", "--device", device]
     for run in runs:
         command += ["--run", str(run)]
     subprocess.run(command + (["--mirror"] if mirror else []), check=True)

@@ -316,3 +316,18 @@ def test_every_slice_study_arm_composes_and_builds_what_it_names(tmp_path):
         assert type(optimizer).__name__.lower() == values.get("optimizer", "sgd"), arm
         if "model.module.optimizer.lr" in values:
             assert optimizer.param_groups[0]["lr"] == float(values["model.module.optimizer.lr"]), arm
+
+
+def test_slice_study_runs_on_a_gpu_at_its_own_budget(tmp_path):
+    """`--device cuda` and a longer schedule (the GPU check of the recipe): the run's whole command line composes,
+    trains on the GPU for the budget given, and names its run with the budget."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import slices_study
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    args = slices_study.parse_args(["--device", "cuda", "--epochs", "100", "--batches", "250", "--batch-size", "12"])
+    cfg = compose_config([*slices_study.overrides(args, tmp_path, "resize", 2, 1), f"paths.output_dir={tmp_path}"])
+    assert (cfg.trainer.accelerator, cfg.trainer.precision, cfg.trainer.max_epochs) == ("gpu", "bf16-mixed", 100)
+    assert (cfg.data.sampling.batches_per_epoch, cfg.model.batch_size) == (250, 12)
+    assert cfg.name == "resize-25000steps-batch12" and cfg.data.slices.policy == "resize"

@@ -110,7 +110,7 @@ def test_seed_spread_compares_seeds_on_the_folds_they_share(slices_study, tmp_pa
 def test_a_resumed_run_has_no_training_time_of_its_own(slices_study, tmp_path, monkeypatch):
     """A run that resumes a killed run's checkpoint trains only the rest of its steps: its time must not enter the
     study's seconds per fold (a resumed fold once reported 1561 s for ~2100 s of training); a fresh run is timed."""
-    args = SimpleNamespace(threads=1, epochs=12, batches=25, batch_size=8, quick=False)
+    args = SimpleNamespace(threads=1, epochs=12, batches=25, batch_size=8, quick=False, device="cpu")
 
     def finish(command, **kwargs):
         arm, fold, seed = (next(o.split("=", 1)[1] for o in command if o.startswith(f"{key}="))
