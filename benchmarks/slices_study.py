@@ -417,6 +417,8 @@ def summary(args, work: Path, arms: list[str]) -> dict:
         table[arm]["vs_default"] = paired_difference(args.results, arm, DEFAULT, suffix, runs) if arm != DEFAULT else None
         base = base_arm(arm)
         table[arm]["vs_base"] = base and {"arm": base, **(paired_difference(args.results, arm, base, suffix, runs) or {})}
+        if suffix:  # another budget: what it changes against the same arm at the study's 300 steps
+            table[arm]["vs_study_budget"] = paired_difference(args.results, arm, arm, suffix, runs, baseline_suffix="")
     return {
         "benchmark": "slices_study",
         "complete": all(not row["missing"] for row in table.values()),
@@ -551,14 +553,15 @@ def per_image(results: Path, arm: str, suffix: str, runs: set[tuple[int, int]],
 
 
 def paired_difference(results: Path, arm: str, baseline: str, suffix: str, runs: set[tuple[int, int]],
-                      draws: int = 10000) -> dict | None:
+                      draws: int = 10000, baseline_suffix: str | None = None) -> dict | None:
     """The arm's threshold-averaged Dice minus the baseline's on the same images, folds and seeds (an ensemble or
     TTA arm: the seeds it shares), with a 95% bootstrap interval over images: the arms' difference without the
     fold-to-fold spread that both share. nnU-Net's seed only names a repeat (it draws its own randomness), so where
-    it is one of the two, each image's scores are first averaged over each arm's seeds and paired by image."""
+    it is one of the two, each image's scores are first averaged over each arm's seeds and paired by image. The
+    baseline is at the same budget unless `baseline_suffix` names another."""
     over_seeds = REFERENCE in (arm, baseline)
     ours = per_image(results, arm, suffix, runs, over_seeds)
-    theirs = per_image(results, baseline, suffix, runs, over_seeds)
+    theirs = per_image(results, baseline, suffix if baseline_suffix is None else baseline_suffix, runs, over_seeds)
     shared = sorted(set(ours) & set(theirs))
     if not shared:
         return None

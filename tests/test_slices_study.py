@@ -22,13 +22,14 @@ def slices_study():
     return slices_study
 
 
-def write_result(study, results: Path, arm: str, fold: int, seed: int, per_image: dict[str, float]) -> None:
-    """A result file at the study's budget (300 steps of batch 8) whose images score the given value on every score."""
+def write_result(study, results: Path, arm: str, fold: int, seed: int, per_image: dict[str, float],
+                 steps: int = 300) -> None:
+    """A result file (batch 8, the study's 300 steps unless said) whose images score the given value on every score."""
     images = [{"case": case, "threshold_dice": value, "hard_dice": value, "dsc": value, "nsd": value}
               for case, value in per_image.items()]
-    result = {"images": images, "arm": arm, "fold": fold, "seed": seed, "steps": 300, "batch_size": 8,
+    result = {"images": images, "arm": arm, "fold": fold, "seed": seed, "steps": steps, "batch_size": 8,
               "train_seconds": 10.0, **{key: float(np.mean(list(per_image.values()))) for key in ("threshold_dice", "hard_dice")}}
-    path = study.result_file(results, arm, fold, seed, "")
+    path = study.result_file(results, arm, fold, seed, "" if steps == 300 else f"-{steps}steps-batch8")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result))
 
@@ -209,5 +210,9 @@ def test_another_budget_neither_skips_nor_pools_the_studys_results(slices_study,
     narrow = json.loads((tmp_path / "summary.json").read_text())["arms"]["narrow"]
     assert narrow["per_run"] == {} and narrow["missing"] == ["fold0-seed0"]
     assert narrow["other_budgets"] == ["fold0-seed0: 300 steps of batch 8"]
-    assert slices_study.result_file(results, "narrow", 0, 0, "-2500steps-batch8").name == \
-        "fold0-seed0-2500steps-batch8.json"
+    write_result(slices_study, results, "narrow", 0, 0, {"1": 0.6, "2": 0.9}, steps=2500)
+    assert (results / "narrow" / "fold0-seed0-2500steps-batch8.json").is_file()
+    assert slices_study.main([*study, "--epochs", "100", "--summary-only"]) == 0
+    narrow = json.loads((tmp_path / "summary.json").read_text())["arms"]["narrow"]
+    assert narrow["per_run"] == {"fold0-seed0": {"threshold_dice": 0.75, "hard_dice": 0.75}}
+    assert narrow["vs_study_budget"]["threshold_dice_difference"] == pytest.approx(0.15)
