@@ -309,6 +309,7 @@ def run_arm(args, work: Path, source: Path, arm: str, fold: int, seed: int) -> d
         "arm": arm, "fold": fold, "seed": seed, "runs": [str(r.relative_to(work)) for r in runs],
         "train_seconds": seconds,
         "steps": args.epochs * args.batches, "batch_size": args.batch_size, "device": args.device,
+        "torch_threads": args.threads,
         "overrides": TRAINED.get(arm, []), "mirror": mirror}
 
 
@@ -424,7 +425,7 @@ def summary(args, work: Path, arms: list[str]) -> dict:
         "complete": all(not row["missing"] for row in table.values()),
         "data": f"{TRAIN_FOLDER} (50 slices, binary infection masks), {NUM_FOLDS} folds from split seed {SPLIT_SEED}",
         "budget": {"steps": args.epochs * args.batches, "batch_size": args.batch_size, "epochs": args.epochs,
-                   "torch_threads": args.threads, "quick": args.quick},
+                   "quick": args.quick},
         "scores": "threshold_dice: as the COVID-SemiSeg papers (256 thresholds of the per-image min-max normalised "
                   "probability, 0 without a true positive); hard_dice: the same rule at p >= 0.5 only; dsc, nsd: "
                   "covlight's (the benchmark's), NaN for an empty slice predicted empty, 3 px NSD tolerance",
